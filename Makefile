@@ -1,0 +1,44 @@
+# Two entry points for people (README): `sudo make demo` and `sudo make test`.
+# Both install what they need first, so they work on a fresh Debian 12 machine.
+
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+# Debian packages the tests and the demo use: the real device stack, filesystems,
+# and the standard tools archives must stay compatible with.
+APT_PACKAGES := udev udisks2 dbus policykit-1 parted util-linux kmod e2fsprogs xfsprogs \
+	btrfs-progs dosfstools exfatprogs age zstd pigz python3-venv
+
+.PHONY: deps system-deps demo test lint check bench clean
+
+deps: system-deps $(BIN)/.installed
+
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade 'pip>=23'
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: deps
+	$(BIN)/usbagent demo
+
+lint: deps
+	$(BIN)/ruff check usbagent tests bench
+	$(BIN)/ruff format --check usbagent tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: deps
+	$(BIN)/python -m bench.archive
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,263 @@
+"""Configuration: one TOML file, validated once at load into frozen dataclasses.
+
+Every problem in the file is collected and reported together (one line per key), so a
+user fixes a broken config in one pass instead of discovering errors one restart at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/usbagent/config.toml")
+ENV_VAR = "USBAGENT_CONFIG"
+BACKENDS = ("auto", "udisks2", "udev")
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; the message names every bad key."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    sources: tuple[Path, ...] = (Path("/data"),)
+    exclude: tuple[str, ...] = ("*.tmp",)
+    destination: Path = Path("/data/backups")
+    recipients_file: Path = Path("/data/secrets/age-recipient")
+    keep_days: int = 14
+    compression_level: int = 3
+    prefix: str = ""  # "" means: the host name (resolved by Config.archive_prefix)
+    # Optional age identity for restore drills and `verify --identity` default; may also come
+    # from systemd credentials ($CREDENTIALS_DIRECTORY/<name>).
+    identity_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class UsbConfig:
+    labels: tuple[str, ...] = ("sovereign-backup",)
+    uuids: tuple[str, ...] = ()
+    require_usb: bool = True
+    directory: str = "usbagent"
+    keep: int = 14
+    backend: str = "auto"
+    power_off: bool = True
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    state_dir: Path = Path("/var/lib/usbagent")
+    stale_after_hours: float = 26
+    usb_stale_after_days: float = 7
+    # Prometheus node_exporter textfile; None disables metrics.
+    metrics_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    archive: ArchiveConfig = ArchiveConfig()
+    usb: UsbConfig = UsbConfig()
+    agent: AgentConfig = AgentConfig()
+    notify: NotifyConfig = NotifyConfig()
+    path: Path | None = None
+
+    @property
+    def archive_prefix(self) -> str:
+        """Archive name prefix; the host name when unset, so several hosts can share a stick."""
+        return self.archive.prefix or _safe_hostname()
+
+
+def _safe_hostname() -> str:
+    name = socket.gethostname().split(".")[0] or "backup"
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+# --- validation ---------------------------------------------------------------------------
+# A checker turns a raw TOML value into the typed value or raises ValueError with a message
+# saying what is allowed; the loader prefixes it with the key's dotted name.
+
+Checker = Callable[[Any], Any]
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _int_range(lo: int, hi: int | None = None) -> Checker:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("must be an integer")
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(f"must be between {lo} and {hi}" if hi else f"must be >= {lo}")
+        return v
+
+    return check
+
+
+def _positive_number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+        raise ValueError("must be a positive number")
+    return float(v)
+
+
+def _abs_path(v: Any) -> Path:
+    if not isinstance(v, str) or not v:
+        raise ValueError("must be a non-empty path string")
+    p = Path(v)
+    if not p.is_absolute():
+        raise ValueError(f"must be an absolute path, got {v!r}")
+    return p
+
+
+def _optional_path(v: Any) -> Path | None:
+    return None if v == "" else _abs_path(v)
+
+
+def _str_list(nonempty: bool) -> Checker:
+    def check(v: Any) -> tuple[str, ...]:
+        if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
+            raise ValueError("must be a list of non-empty strings")
+        if nonempty and not v:
+            raise ValueError("must not be empty")
+        return tuple(v)
+
+    return check
+
+
+def _path_list(v: Any) -> tuple[Path, ...]:
+    items = _str_list(nonempty=True)(v)
+    return tuple(_abs_path(s) for s in items)
+
+
+def _prefix(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("must be a string")
+    if v and not all(c.isalnum() or c in "-_." for c in v):
+        raise ValueError("may contain only letters, digits, '-', '_' and '.'")
+    return v
+
+
+def _directory_name(v: Any) -> str:
+    if not isinstance(v, str) or not v or "/" in v or v in (".", ".."):
+        raise ValueError("must be a single folder name (no '/')")
+    return v
+
+
+def _choice(options: tuple[str, ...]) -> Checker:
+    def check(v: Any) -> str:
+        if v not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return str(v)
+
+    return check
+
+
+def _uuid_list(v: Any) -> tuple[str, ...]:
+    return tuple(s.lower() for s in _str_list(nonempty=False)(v))
+
+
+SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
+    "archive": (
+        ArchiveConfig,
+        {
+            "sources": _path_list,
+            "exclude": _str_list(nonempty=False),
+            "destination": _abs_path,
+            "recipients_file": _abs_path,
+            "keep_days": _int_range(1),
+            "compression_level": _int_range(1, 19),
+            "prefix": _prefix,
+            "identity_file": _optional_path,
+        },
+    ),
+    "usb": (
+        UsbConfig,
+        {
+            "labels": _str_list(nonempty=True),
+            "uuids": _uuid_list,
+            "require_usb": _bool,
+            "directory": _directory_name,
+            "keep": _int_range(1),
+            "backend": _choice(BACKENDS),
+            "power_off": _bool,
+        },
+    ),
+    "agent": (
+        AgentConfig,
+        {
+            "state_dir": _abs_path,
+            "stale_after_hours": _positive_number,
+            "usb_stale_after_days": _positive_number,
+            "metrics_file": _optional_path,
+        },
+    ),
+    "notify": (NotifyConfig, {"enabled": _bool}),
+}
+
+
+def parse(raw: Mapping[str, Any], path: Path) -> Config:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    for name in raw:
+        if name not in SCHEMA:
+            problems.append(f"unknown section [{name}] (known: {', '.join(SCHEMA)})")
+    for name, (cls, checkers) in SCHEMA.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            problems.append(f"{name}: must be a table [{name}]")
+            continue
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in checkers:
+                problems.append(f"{name}.{key}: unknown key (known: {', '.join(checkers)})")
+                continue
+            try:
+                values[key] = checkers[key](value)
+            except ValueError as exc:
+                problems.append(f"{name}.{key}: {exc}")
+        known = {f.name for f in fields(cls)}
+        sections[name] = cls(**{k: v for k, v in values.items() if k in known})
+    if problems:
+        raise ConfigError(path, problems)
+    return Config(path=path, **sections)
+
+
+def resolve_path(cli_value: str | None) -> Path:
+    """--config wins, then $USBAGENT_CONFIG, then the system default."""
+    if cli_value:
+        return Path(cli_value)
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else DEFAULT_PATH
+
+
+def load(path: Path) -> Config:
+    """Read and validate the config file at `path`."""
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            path, [f"no such file (create it, or pass --config / set ${ENV_VAR})"]
+        ) from None
+    except PermissionError:
+        raise ConfigError(path, ["not readable by this user (check its permissions)"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    return parse(raw, path)

@@ -1,0 +1,52 @@
+"""Crash-safe file primitives shared by the archive writer, the stick copier and the state dir.
+
+The rule everywhere: data goes to `<name>.partial`, is fsynced, renamed to `<name>`, then the
+directory is fsynced. A final name therefore always denotes complete, durable content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from usbagent.naming import PARTIAL
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(final: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Open `<final>.partial` for writing; on clean exit fsync and rename it to `final`.
+
+    On any exception (including KeyboardInterrupt/SystemExit from a signal) the partial file
+    is removed and `final` is untouched.
+    """
+    partial = final.with_name(final.name + PARTIAL)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(partial, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise
+    fsync_dir(final.parent)
+
+
+def write_atomic(final: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write a small file atomically (state files, sidecars, metrics)."""
+    with atomic_writer(final, mode) as f:
+        f.write(data)

@@ -1,0 +1,55 @@
+"""Archive file names: the one place that knows `<prefix>-<YYYYmmddTHHMMSSZ>.tar.zst.age`.
+
+Retention and pruning delete only names this module recognises, so a stray file in the
+destination or on a stick is never mistaken for an archive.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+SUFFIX = ".tar.zst.age"
+SIDECAR = ".sha256"
+PARTIAL = ".partial"
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9._-]+)-(?P<stamp>\d{8}T\d{6}Z)" + re.escape(SUFFIX) + "$")
+
+
+@dataclass(frozen=True, order=True)
+class ArchiveName:
+    """A parsed archive name; orders by creation time."""
+
+    created: datetime
+    prefix: str
+
+    @property
+    def filename(self) -> str:
+        return f"{self.prefix}-{self.created.strftime(STAMP_FORMAT)}{SUFFIX}"
+
+    @property
+    def sidecar(self) -> str:
+        return self.filename + SIDECAR
+
+
+def make(prefix: str, when: datetime) -> ArchiveName:
+    """The name for an archive created at `when` (truncated to whole seconds, UTC)."""
+    return ArchiveName(created=when.astimezone(UTC).replace(microsecond=0), prefix=prefix)
+
+
+def parse(filename: str, prefix: str | None = None) -> ArchiveName | None:
+    """The archive a file name denotes, or None if it is not one (of `prefix`, when given)."""
+    m = _NAME.match(filename)
+    if not m or (prefix is not None and m["prefix"] != prefix):
+        return None
+    created = datetime.strptime(m["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
+    return ArchiveName(created=created, prefix=m["prefix"])
+
+
+def is_partial(filename: str) -> bool:
+    """A temporary file of ours: an archive or sidecar name with the `.partial` suffix."""
+    if not filename.endswith(PARTIAL):
+        return False
+    base = filename.removesuffix(PARTIAL).removesuffix(SIDECAR)
+    return parse(base) is not None
