@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from usbagent.config import AgentConfig
 from usbagent.events import Outcome
 from usbagent.fsutil import write_atomic
 
@@ -34,13 +35,22 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def record(state_dir: Path, outcome: Outcome) -> None:
-    """Persist an outcome: last of its kind, last error if it failed, and the history."""
+def record(agent: AgentConfig, outcome: Outcome) -> None:
+    """Persist an outcome: last of its kind, last error if it failed, the history, metrics.
+
+    Every producer (archive job, sync, agent, unit-failure hook) calls this, so `status` and
+    the metrics file can never disagree about what happened.
+    """
+    state_dir = agent.state_dir
     data = outcome.to_json()
     write_json(state_dir / "last" / f"{outcome.kind}.json", data)
     if not outcome.ok:
         write_json(state_dir / "last-error.json", data)
     _append_event(state_dir / "events.jsonl", data)
+    if agent.metrics_file is not None:
+        from usbagent import metrics  # deferred: most callers never configure metrics
+
+        metrics.write(agent)
 
 
 def _append_event(path: Path, data: dict[str, Any]) -> None:
