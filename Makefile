@@ -5,11 +5,12 @@ VENV    ?= .venv
 PYTHON  ?= python3
 BIN     := $(VENV)/bin
 # Debian packages the tests and the demo use: the real device stack, filesystems,
-# and the standard tools archives must stay compatible with.
+# and the standard tools archives must stay compatible with (prometheus: for promtool,
+# which validates the metrics textfile).
 APT_PACKAGES := udev udisks2 dbus policykit-1 parted util-linux kmod e2fsprogs xfsprogs \
-	btrfs-progs dosfstools exfatprogs age zstd pigz python3-venv
+	btrfs-progs dosfstools exfatprogs age zstd pigz python3-venv prometheus
 
-.PHONY: deps system-deps demo test lint check bench clean
+.PHONY: deps system-deps demo test lint check bench clean stack-up stack-down stack-status
 
 deps: system-deps $(BIN)/.installed
 
@@ -36,6 +37,17 @@ lint: deps
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The real device stack (system D-Bus, udevd, udisksd) for running integration tests by hand;
+# `stack-down` stops only what `stack-up` started. pytest starts/stops it by itself.
+stack-up: deps
+	$(BIN)/python -m tests.stack up
+
+stack-down:
+	$(BIN)/python -m tests.stack down
+
+stack-status:
+	$(BIN)/python -m tests.stack status
 
 bench: deps
 	$(BIN)/python -m bench.archive

@@ -33,6 +33,9 @@ COMMANDS = {
 NO_CONFIG_NEEDED = {"demo", "verify", "restore"}
 # Exit status when the config cannot be loaded: monitoring's UNKNOWN for status, else failure.
 CONFIG_ERROR_EXIT = {"status": 3}
+# Commands that still run (with config=None) when the config is broken: the unit-failure
+# hook must record and report a failure even when a bad config is what caused it.
+RUN_WITH_BROKEN_CONFIG = {"notify-failure"}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -95,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"usbagent: config {exc.path}: {problem}", file=sys.stderr)
-        return CONFIG_ERROR_EXIT.get(args.command, 1)
+        if args.command not in RUN_WITH_BROKEN_CONFIG:
+            return CONFIG_ERROR_EXIT.get(args.command, 1)
+        config = None
     module = importlib.import_module(COMMANDS[args.command])
     try:
         return int(module.run(config, args))

@@ -14,7 +14,9 @@ SUFFIX = ".tar.zst.age"
 SIDECAR = ".sha256"
 PARTIAL = ".partial"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9._-]+)-(?P<stamp>\d{8}T\d{6}Z)" + re.escape(SUFFIX) + "$")
+_NAME = re.compile(
+    r"^(?P<prefix>[A-Za-z0-9._-]+)-(?P<stamp>\d{8}T\d{6}Z)" + re.escape(SUFFIX) + "$"
+)
 
 
 @dataclass(frozen=True, order=True)

@@ -1,0 +1,1 @@
+"""Part of the `tests` package: modules import as tests.integration.NAME; basenames may repeat."""

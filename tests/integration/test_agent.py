@@ -1,0 +1,388 @@
+"""`usbagent agent` end to end: a real agent process, real udevd/udisksd, loop-device sticks.
+
+The agent runs as `python -m usbagent --config X -v agent`; tests wait for the outcome lines
+it logs on stderr (with timeouts), then check what a person would check: the copies on the
+stick and their checksums, the stick unmounted, the outcome in the state dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.stack import MakeStick, PartSpec, Stick
+from tests.stack.sticks import mountpoints_of, unmount
+from usbagent import naming
+
+pytestmark = pytest.mark.stack
+
+MIB = 1024 * 1024
+PREFIX = "t"
+OUTCOME = re.compile(r"usbagent\.agent: (sync|refused|stick-recognised|stale): (.*)$")
+
+
+BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+
+
+def archive_name(n: int) -> str:
+    """Archive number `n`, made n minutes after BASE (recent: not stale)."""
+    return naming.make(PREFIX, BASE + timedelta(minutes=n)).filename
+
+
+def write_archive(destination: Path, n: int, size: int) -> str:
+    """A fake archive (random bytes) with a correct sha256 sidecar; returns its name."""
+    name = archive_name(n)
+    block = os.urandom(MIB)
+    digest = hashlib.sha256()
+    with (destination / name).open("wb") as f:
+        left = size
+        while left:
+            chunk = block[: min(left, MIB)]
+            f.write(chunk)
+            digest.update(chunk)
+            left -= len(chunk)
+    (destination / (name + ".sha256")).write_text(f"{digest.hexdigest()}  {name}\n")
+    return name
+
+
+@dataclass
+class Env:
+    root: Path
+    config: Path
+    destination: Path
+    state_dir: Path
+    label: str
+
+    def write_config(
+        self, backend: str, uuids: tuple[str, ...] = (), labels: tuple[str, ...] = ()
+    ) -> None:
+        labels = labels or (self.label,)
+        self.config.write_text(
+            f"""
+[archive]
+destination = "{self.destination}"
+prefix = "{PREFIX}"
+[usb]
+labels = ["{self.label}"]
+uuids = {json.dumps(list(uuids))}
+require_usb = false
+keep = 3
+backend = "{backend}"
+[agent]
+state_dir = "{self.state_dir}"
+[notify]
+enabled = false
+"""
+        )
+
+
+@pytest.fixture
+def env(tmp_path: Path, unique_label: str) -> Env:
+    destination = tmp_path / "archives"
+    destination.mkdir()
+    e = Env(tmp_path, tmp_path / "config.toml", destination, tmp_path / "state", unique_label)
+    e.write_config("udisks2")
+    return e
+
+
+class Agent:
+    """The agent as a subprocess; its stderr lines are collected by a reader thread."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "usbagent", "--config", str(config), "-v", "agent"],
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_line(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """The next log line matching `pattern` (lines before it are kept in self.log)."""
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"no line matching {pattern!r} in {timeout} s:\n" + self.text()
+                )
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            self.log.append(line)
+            if m := rx.search(line):
+                return m
+
+    def outcome(self, timeout: float = 60.0) -> tuple[str, str]:
+        """The next published outcome (kind, summary), skipping stick-recognised."""
+        while True:
+            m = self.wait_line(OUTCOME.pattern, timeout)
+            if m[1] != "stick-recognised":
+                return m[1], m[2]
+
+    def text(self) -> str:
+        while not self.lines.empty():
+            self.log.append(self.lines.get_nowait())
+        return "\n".join(self.log[-60:])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def start_agent(env: Env) -> Iterator[type[Agent]]:
+    started: list[Agent] = []
+
+    def start(extra_env: dict[str, str] | None = None) -> Agent:
+        agent = Agent(env.config, extra_env)
+        started.append(agent)
+        agent.wait_line(r"usbagent\.agent: ready: ", 30)
+        return agent
+
+    yield start  # type: ignore[misc]
+    for agent in started:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait(10)
+        print(f"--- agent pid {agent.proc.pid} log ---\n{agent.text()}")  # shown on failure
+
+
+def stick_files(stick: Stick, env: Env) -> dict[str, bytes]:
+    """Mount the stick read-only, return {name: content-hash-line or sha256 of file}."""
+    target = env.root / f"check-{time.monotonic_ns()}"
+    target.mkdir()
+    subprocess.run(["mount", "-o", "ro", stick.device(0), str(target)], check=True)
+    try:
+        folder = target / "usbagent"
+        if not folder.is_dir():
+            return {}
+        return {p.name: hashlib.sha256(p.read_bytes()).digest() for p in folder.iterdir()}
+    finally:
+        unmount(target)
+        target.rmdir()
+
+
+def local_digests(env: Env, names: list[str]) -> dict[str, bytes]:
+    out = {}
+    for name in names:
+        for n in (name, name + ".sha256"):
+            out[n] = hashlib.sha256((env.destination / n).read_bytes()).digest()
+    return out
+
+
+def assert_served(stick: Stick, env: Env, names: list[str]) -> None:
+    assert not mountpoints_of(stick.partitions), "the agent left the stick mounted"
+    assert stick_files(stick, env) == local_digests(env, names)
+    last = json.loads((env.state_dir / "last" / "sync.json").read_text())
+    assert last["ok"] is True, last
+
+
+# --- main flow, both backends ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["udisks2", "udev"])
+def test_plugged_stick_gets_verified_copies_and_is_unmounted(
+    backend: str, env: Env, make_stick: MakeStick, start_agent: type[Agent]
+) -> None:
+    env.write_config(backend)
+    names = [write_archive(env.destination, d, 3 * MIB) for d in (1, 2)]
+    agent = start_agent()
+    stick = make_stick(PartSpec(label=env.label))
+    kind, summary = agent.outcome()
+    assert kind == "sync" and "copied 2 archive(s)" in summary and "safe to remove" in summary
+    assert_served(stick, env, names)
+    # re-plug: served again (an archive made meanwhile is copied)
+    stick.unplug()
+    names.append(write_archive(env.destination, 3, 2 * MIB))
+    stick.plug()
+    kind, summary = agent.outcome()
+    assert kind == "sync" and "copied 1 archive(s)" in summary, summary
+    assert_served(stick, env, names)
+    assert agent.stop() == 0
+
+
+def test_stick_plugged_before_start_is_served(
+    env: Env, make_stick: MakeStick, start_agent: type[Agent]
+) -> None:
+    names = [write_archive(env.destination, 1, MIB)]
+    stick = make_stick(PartSpec(label=env.label))
+    agent = start_agent()
+    kind, summary = agent.outcome()
+    assert kind == "sync" and "safe to remove" in summary, summary
+    assert_served(stick, env, names)
+
+
+def test_gpt_name_only_two_sticks_at_once(
+    env: Env, make_stick: MakeStick, start_agent: type[Agent]
+) -> None:
+    """Both served; the second is recognised by its GPT partition name alone."""
+    names = [write_archive(env.destination, 1, 8 * MIB)]
+    agent = start_agent()
+    a = make_stick(PartSpec(label=env.label))
+    b = make_stick(PartSpec(label=None, name=env.label))
+    results = [agent.outcome(), agent.outcome()]
+    assert all(k == "sync" and "safe to remove" in s for k, s in results), results
+    for stick in (a, b):
+        assert_served(stick, env, names)
+
+
+def test_unenrolled_stick_is_refused_and_untouched(
+    env: Env, make_stick: MakeStick, start_agent: type[Agent]
+) -> None:
+    env.write_config("udisks2", uuids=("0000aaaa-0000-0000-0000-000000000000",))
+    write_archive(env.destination, 1, MIB)
+    agent = start_agent()
+    stick = make_stick(PartSpec(label=env.label))
+    kind, summary = agent.outcome()
+    assert kind == "refused" and "not enrolled" in summary, summary
+    assert stick_files(stick, env) == {}
+    assert json.loads((env.state_dir / "last" / "refused.json").read_text())["ok"] is False
+
+
+def test_io_error_mid_copy_is_recorded_and_next_stick_served(
+    env: Env, make_stick: MakeStick, start_agent: type[Agent], tmp_path: Path
+) -> None:
+    """A stick that fails mid-copy (EIO: its backing store fills) does not stop the agent."""
+    small = tmp_path / "tmpfs"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24M", "tmpfs", str(small)], check=True)
+    try:
+        names = [write_archive(env.destination, 1, 48 * MIB)]
+        agent = start_agent()
+        bad = make_stick(PartSpec(label=env.label, size_mb=96), image_dir=small)
+        kind, summary = agent.outcome(timeout=120)
+        assert kind == "sync" and "failed" in summary, summary
+        assert json.loads((env.state_dir / "last-error.json").read_text())["kind"] == "sync"
+        bad.unplug()
+        good = make_stick(PartSpec(label=env.label, size_mb=96))
+        kind, summary = agent.outcome()
+        assert kind == "sync" and "safe to remove" in summary, summary
+        assert_served(good, env, names)
+        assert agent.proc.poll() is None
+    finally:
+        for stick_dir in small.iterdir():  # the bad stick's image, unplugged by make_stick
+            stick_dir.unlink(missing_ok=True)
+        unmount(small)
+
+
+def _wait_for_partial(stick: Stick, timeout: float = 30.0) -> Path:
+    """The .partial being written on the stick (polled: the copy gives no other signal)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for mp in mountpoints_of(stick.partitions):
+            partials = list((mp / "usbagent").glob("*.partial"))
+            if partials:
+                return partials[0]
+        time.sleep(0.005)
+    raise AssertionError("no .partial appeared on the stick")
+
+
+@pytest.mark.parametrize("backend", ["udisks2", "udev"])
+def test_sigterm_mid_copy_stops_cleanly(
+    backend: str, env: Env, make_stick: MakeStick, start_agent: type[Agent]
+) -> None:
+    env.write_config(backend)
+    write_archive(env.destination, 1, 400 * MIB)
+    agent = start_agent()
+    stick = make_stick(PartSpec(label=env.label, size_mb=600))
+    _wait_for_partial(stick)
+    started = time.monotonic()
+    assert agent.stop(signal.SIGTERM, timeout=10) == 0
+    assert time.monotonic() - started < 5.0
+    assert not mountpoints_of(stick.partitions), "left mounted after SIGTERM"
+    leftovers = [n for n in stick_files(stick, env) if n.endswith(".partial")]
+    assert leftovers == []
+    last = json.loads((env.state_dir / "last" / "sync.json").read_text())
+    assert last["ok"] is False and "stopped" in last["summary"]
+
+
+def test_kill9_mid_copy_then_restart_completes(
+    env: Env, make_stick: MakeStick, start_agent: type[Agent]
+) -> None:
+    names = [write_archive(env.destination, 1, 300 * MIB)]
+    agent = start_agent()
+    stick = make_stick(PartSpec(label=env.label, size_mb=500))
+    _wait_for_partial(stick)
+    agent.stop(signal.SIGKILL)
+    # the stick is still mounted with a .partial on it; a new agent must clean up and finish
+    again = start_agent()
+    kind, summary = again.outcome(timeout=120)
+    assert kind == "sync" and "safe to remove" in summary, summary
+    assert_served(stick, env, names)
+
+
+class NotifySocket:
+    """A real AF_UNIX datagram socket playing systemd's side of sd_notify(3)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def wait(self, predicate: Callable[[str], bool], timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.messages.append(message)
+            if predicate(message):
+                return message
+        raise AssertionError(f"no such notify message in {timeout} s; got {self.messages}")
+
+
+def test_systemd_notify_status_watchdog_and_heartbeat(
+    env: Env, make_stick: MakeStick, start_agent: Callable[..., Agent], tmp_path: Path
+) -> None:
+    write_archive(env.destination, 1, 64 * MIB)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    agent = start_agent({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"})
+    notify.wait(lambda m: m == "READY=1")
+    assert notify.messages[0].startswith("STATUS=idle, watching for sticks labelled " + env.label)
+    heartbeat = json.loads((env.state_dir / "heartbeat.json").read_text())
+    assert heartbeat["pid"] == agent.proc.pid and heartbeat["status"].startswith("idle")
+    # WATCHDOG_USEC=2 s: pings every second, from the loop
+    pings = time.monotonic()
+    notify.wait(lambda m: m == "WATCHDOG=1", timeout=3)
+    notify.wait(lambda m: m == "WATCHDOG=1", timeout=3)
+    assert time.monotonic() - pings < 3.5
+    make_stick(PartSpec(label=env.label, size_mb=128))
+    busy = notify.wait(lambda m: m.startswith("STATUS=") and "idle" not in m)
+    assert re.match(r"STATUS=(mounting|syncing|copying \d+ of \d+, \d+% to|unmounting)", busy)
+    kind, summary = agent.outcome()
+    assert kind == "sync" and "safe to remove" in summary
+    notify.wait(lambda m: m.startswith("STATUS=idle"))
+    assert agent.stop() == 0
+    notify.wait(lambda m: m == "STOPPING=1")

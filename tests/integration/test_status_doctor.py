@@ -1,0 +1,412 @@
+"""`usbagent status` and `usbagent doctor` against real files, processes, buses and systemd.
+
+Status reads a real state dir and archive folder written by the project's own writers
+(state.record, ledger, the OnFailure hook); the systemd checks run against a real
+`systemd --user` manager. Doctor's every problem is caused for real: missing or
+non-executable ExecStart, a key anyone can read, missing folders, no device events,
+no GNU tar, a library that cannot be imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyrage import x25519
+
+from tests.integration.dbus_doubles import private_system_bus
+from tests.stack.user_manager import UserManager
+from usbagent import doctor, ledger, naming, state, systemd
+from usbagent.config import AgentConfig, ArchiveConfig, Config, UsbConfig
+from usbagent.events import Outcome
+
+PREFIX = "testhost"
+
+
+@dataclass
+class Deployment:
+    root: Path
+    config: Config
+    config_file: Path
+    units: Path
+    program: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """CLI environment: our unit folder, and a systemd that is certainly not reachable
+        (an empty user runtime dir), unless a test brings a real manager."""
+        empty = self.root / "no-manager"
+        empty.mkdir(exist_ok=True)
+        return {
+            **os.environ,
+            doctor.UNIT_DIRS_ENV: str(self.units),
+            "USBAGENT_SYSTEMD_SCOPE": "user",
+            "XDG_RUNTIME_DIR": str(empty),
+            **extra,
+        }
+
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "usbagent", "--config", str(self.config_file), *args],
+            capture_output=True, text=True, timeout=60, env=self.env(**env), check=False,
+        )  # fmt: skip
+
+    def status(self, **env: str) -> tuple[int, dict[str, Any]]:
+        r = self.cli("status", "--json", **env)
+        return r.returncode, json.loads(r.stdout)
+
+    def archive(self, age: timedelta, size: int = 1000) -> str:
+        name = naming.make(PREFIX, datetime.now(UTC) - age)
+        dest = self.config.archive.destination
+        (dest / name.filename).write_bytes(b"x" * size)
+        (dest / name.sidecar).write_text(f"{'0' * 64}  {name.filename}\n")
+        return name.filename
+
+
+def unit_text(name: str, program: Path, rw: str) -> str:
+    if name.endswith(".timer"):
+        return (
+            "[Timer]\nOnCalendar=*-*-* 02:00:00\nPersistent=true\n"
+            "[Install]\nWantedBy=timers.target\n"
+        )
+    return f"[Service]\nExecStart={program} --config /etc/x.toml x\nReadWritePaths={rw}\n"
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Deployment:
+    root = tmp_path
+    for d in ("src", "dest", "state", "bin", "units/timers.target.wants"):
+        (root / d).mkdir(parents=True)
+    program = root / "bin" / "usbagent"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    recipients = root / "recipients"
+    recipients.write_text(f"{x25519.Identity.generate().to_public()}\n")
+    identity = root / "identity.txt"
+    identity.write_text(f"{x25519.Identity.generate()}\n")
+    identity.chmod(0o600)
+    config_file = root / "config.toml"
+    config_file.write_text(f"""
+[archive]
+sources = ["{root / "src"}"]
+destination = "{root / "dest"}"
+recipients_file = "{recipients}"
+identity_file = "{identity}"
+prefix = "{PREFIX}"
+[usb]
+labels = ["ua-test"]
+[agent]
+state_dir = "{root / "state"}"
+""")
+    config = Config(
+        archive=ArchiveConfig(
+            sources=(root / "src",),
+            destination=root / "dest",
+            recipients_file=recipients,
+            identity_file=identity,
+            prefix=PREFIX,
+        ),
+        usb=UsbConfig(labels=("ua-test",)),
+        agent=AgentConfig(state_dir=root / "state"),
+        path=config_file,
+    )
+    units = root / "units"
+    rw = f"{root / 'dest'} {root / 'state'}"
+    for name in systemd.UNITS:
+        (units / name).write_text(unit_text(name, program, rw))
+    (units / "timers.target.wants" / systemd.ARCHIVE_TIMER).symlink_to(
+        units / systemd.ARCHIVE_TIMER
+    )
+    return Deployment(root, config, config_file, units, program)
+
+
+@pytest.fixture
+def agent_process() -> Iterator[int]:
+    """A live process whose command line names usbagent, standing for the running agent."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; time.sleep(120)", "usbagent-agent"]
+    )
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def heartbeat(d: Deployment, pid: int, age: timedelta = timedelta(seconds=2)) -> None:
+    state.write_json(
+        d.config.agent.state_dir / "heartbeat.json",
+        {"pid": pid, "time": (datetime.now(UTC) - age).isoformat(), "status": "idle",
+         "backend": "udisks2", "backend_alive": True},
+    )  # fmt: skip
+
+
+def synced_stick(d: Deployment, newest: str) -> None:
+    sd = d.config.agent.state_dir
+    ledger.record_ok(sd, "1234-ABCD", "UA-TEST", (newest,), 5 * 2**30, newest)
+    state.record(
+        d.config.agent,
+        Outcome("sync", True, "1 archive copied to UA-TEST, verified",
+                details={"label": "UA-TEST", "uuid": "1234-abcd", "copied": [newest], "verified": 1,
+                         "free_bytes": 5 * 2**30}),
+    )  # fmt: skip
+
+
+def by_name(doc: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {c["name"]: c for c in doc["checks"]}
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def test_healthy_system_is_ok_and_shows_archive_agent_stick_and_sync(
+    deployment: Deployment, agent_process: int
+) -> None:
+    newest = deployment.archive(timedelta(hours=3), size=4096)
+    heartbeat(deployment, agent_process)
+    synced_stick(deployment, newest)
+    state.record(deployment.config.agent, Outcome("archive", True, "archive made"))
+    code, doc = deployment.status()
+    assert (code, doc["state"]) == (0, "OK"), doc
+    checks = by_name(doc)
+    assert newest in checks["archive"]["message"] and "4.0 KiB" in checks["archive"]["message"]
+    assert f"running (pid {agent_process})" in checks["agent"]["message"]
+    assert newest in checks["stick UA-TEST (1234-abcd)"]["message"]
+    assert "UA-TEST (1234-abcd)" in checks["last-sync"]["message"]
+    assert "5.0 GiB free" in checks["last-sync"]["message"]
+    assert "systemd not available" in checks["archive-timer"]["message"]
+    text = deployment.cli("status")
+    assert text.returncode == 0 and text.stdout.startswith("usbagent OK: ")
+
+
+def test_stale_or_missing_archive_is_critical_exit_2(
+    deployment: Deployment, agent_process: int
+) -> None:
+    heartbeat(deployment, agent_process)
+    code, doc = deployment.status()
+    assert (code, doc["state"]) == (2, "CRITICAL")
+    assert by_name(doc)["archive"]["message"].startswith("no archive in ")
+    old = deployment.archive(timedelta(hours=30))
+    code, doc = deployment.status()
+    assert code == 2 and old in by_name(doc)["archive"]["message"]
+    assert "30 h 0 min old (stale after 26 h)" in by_name(doc)["archive"]["message"]
+
+
+def test_agent_heartbeat_of_a_dead_or_hung_or_foreign_process(
+    deployment: Deployment, agent_process: int
+) -> None:
+    deployment.archive(timedelta(hours=1))
+    heartbeat(deployment, agent_process, age=timedelta(minutes=10))
+    code, doc = deployment.status()
+    assert code == 2 and "hung" in by_name(doc)["agent"]["message"]
+    heartbeat(deployment, 1)  # pid 1 exists but is not usbagent: a reused pid
+    code, doc = deployment.status()
+    assert code == 2 and "not running (pid 1 gone" in by_name(doc)["agent"]["message"]
+
+
+def test_unit_failure_hook_record_makes_status_critical_and_keeps_the_notification(
+    deployment: Deployment, agent_process: int
+) -> None:
+    """The OnFailure path without systemd or a desktop: recorded, kept, shown by status."""
+    deployment.archive(timedelta(hours=1))
+    heartbeat(deployment, agent_process)
+    synced_stick(deployment, deployment.archive(timedelta(hours=2)))
+    state.record(
+        deployment.config.agent,
+        Outcome("archive", True, "archive made", datetime.now(UTC) - timedelta(hours=1)),
+    )
+    with private_system_bus() as bus:  # a bus without logind: nobody to tell
+        hook = deployment.cli(
+            "notify-failure", systemd.ARCHIVE_SERVICE, DBUS_SYSTEM_BUS_ADDRESS=bus
+        )
+    assert hook.returncode == 0, hook.stderr
+    code, doc = deployment.status()
+    assert (code, doc["state"]) == (2, "CRITICAL"), doc
+    checks = by_name(doc)
+    assert checks["archive-job"]["state"] == "CRITICAL"
+    assert "usbagent-archive.service failed" in checks["archive-job"]["message"]
+    assert checks["notifications"]["state"] == "WARNING"
+    assert "1 desktop notification(s) not delivered" in checks["notifications"]["message"]
+
+
+@pytest.mark.systemd
+def test_under_systemd_an_active_timer_without_fresh_archive_is_critical(
+    deployment: Deployment, agent_process: int, user_manager: UserManager
+) -> None:
+    """THE failure: timer enabled and active, the job 'succeeds', but no archive appears."""
+    heartbeat(deployment, agent_process)
+    synced_stick(deployment, deployment.archive(timedelta(hours=40)))
+    user_manager.install(
+        {
+            systemd.ARCHIVE_SERVICE: "[Service]\nType=oneshot\nExecStart=/bin/true\n",
+            systemd.ARCHIVE_TIMER: unit_text(systemd.ARCHIVE_TIMER, deployment.program, ""),
+        }
+    )
+    user_manager.systemctl("enable", "--runtime", "--now", systemd.ARCHIVE_TIMER)
+    user_manager.systemctl("start", systemd.ARCHIVE_SERVICE)
+    manager_env = {"XDG_RUNTIME_DIR": str(user_manager.runtime_dir)}
+    code, doc = deployment.status(**manager_env)
+    checks = by_name(doc)
+    assert checks["archive-timer"]["state"] == "OK", checks["archive-timer"]
+    assert checks["archive-timer"]["message"].startswith("active; last run")
+    assert checks["archive-job"]["state"] == "OK"  # systemd alone says all is well...
+    assert (code, checks["archive"]["state"]) == (2, "CRITICAL")  # ...the files do not
+    assert "usbagent-archive.timer is enabled and active" in checks["archive"]["message"]
+
+    user_manager.install(
+        {systemd.ARCHIVE_SERVICE: "[Service]\nType=oneshot\nExecStart=/bin/false\n"}
+    )
+    user_manager.systemctl("start", systemd.ARCHIVE_SERVICE, check=False)
+    user_manager.wait_until(systemd.ARCHIVE_SERVICE, "failed", 10, Result="exit-code")
+    code, doc = deployment.status(**manager_env)
+    job = by_name(doc)["archive-job"]
+    assert job["state"] == "CRITICAL" and "Result=exit-code, exit status 1" in job["message"]
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+
+def locations(d: Deployment, **changes: Any) -> doctor.Locations:
+    return replace(doctor.Locations(unit_dirs=(d.units,)), **changes)
+
+
+def problems(d: Deployment, config: Config | None = None, **changes: Any) -> list[str]:
+    findings = doctor.diagnose(config or d.config, locations(d, **changes))
+    return [f.line() for f in findings if not f.ok]
+
+
+def test_doctor_all_good_exit_0(deployment: Deployment, stack: object) -> None:
+    r = deployment.cli("doctor")
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.splitlines()[-1] == "doctor: all good"
+
+
+def test_doctor_unit_exec_start_missing_or_not_executable(
+    deployment: Deployment, stack: object
+) -> None:
+    service = deployment.units / systemd.AGENT_SERVICE
+    service.write_text(service.read_text().replace(str(deployment.program), "/opt/gone/usbagent"))
+    deployment.program.chmod(0o644)
+    found = problems(deployment)
+    assert any("usbagent.service: ExecStart" in p and "/opt/gone/usbagent: no such file" in p
+               and "Fix: rerun `usbagent install`" in p for p in found), found  # fmt: skip
+    assert any("usbagent-archive.service: ExecStart" in p and "not executable" in p for p in found)
+    r = deployment.cli("doctor")
+    assert r.returncode == 1 and "problem(s) found" in r.stdout
+
+
+def test_doctor_missing_units_rw_paths_and_disabled_timer(deployment: Deployment) -> None:
+    (deployment.units / "timers.target.wants" / systemd.ARCHIVE_TIMER).unlink()
+    (deployment.units / systemd.AGENT_SERVICE).unlink()
+    (deployment.config.agent.state_dir).rmdir()
+    found = "\n".join(problems(deployment))
+    assert "usbagent.service: not installed" in found
+    assert "usbagent-archive.timer enabled: the timer is not enabled" in found
+    assert "226/NAMESPACE. Fix: mkdir -p" in found
+
+
+def test_doctor_recipients_file_problems(deployment: Deployment) -> None:
+    rcpt = deployment.config.archive.recipients_file
+    rcpt.write_text("# nobody\n")
+    assert any("it contains no recipient" in p for p in problems(deployment))
+    rcpt.write_text("age1garbage\n")
+    assert any("line 1 is not a valid recipient" in p for p in problems(deployment))
+    rcpt.unlink()
+    rcpt.mkdir()  # unreadable as a file, even for root
+    assert any("recipients file" in p and "cannot be read" in p for p in problems(deployment))
+    rcpt.rmdir()
+    assert any(f"recipients file: {rcpt} does not exist" in p for p in problems(deployment))
+
+
+def test_doctor_world_readable_identity_and_credentials(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity = deployment.config.archive.identity_file
+    assert identity is not None
+    identity.chmod(0o644)
+    assert any("world-readable" in p and f"chmod 600 {identity}" in p for p in problems(deployment))
+    creds = deployment.root / "credentials"
+    creds.mkdir()
+    (creds / identity.name).write_text("AGE-SECRET-KEY-1X\n")
+    (creds / identity.name).chmod(0o400)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert not any("identity" in p for p in problems(deployment))  # the credential is used
+
+
+def test_doctor_missing_source_and_destination(deployment: Deployment) -> None:
+    (deployment.root / "src").rmdir()
+    (deployment.root / "dest").rmdir()
+    found = "\n".join(problems(deployment))
+    assert f"source: {deployment.root / 'src'} does not exist" in found
+    assert f"destination: {deployment.root / 'dest'} does not exist" in found
+
+
+def test_doctor_destination_on_fat(deployment: Deployment) -> None:
+    """vfat cannot be mounted on this kernel: the mount table is given in the kernel's
+    format with the destination on a vfat mount, and a 3 GiB (sparse) archive."""
+    dest = deployment.config.archive.destination
+    with (dest / naming.make(PREFIX, datetime.now(UTC)).filename).open("wb") as f:
+        f.truncate(3 * 2**30)
+    mountinfo = deployment.root / "mountinfo"
+    mountinfo.write_text(
+        f"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n31 22 8:33 / {dest} rw - vfat /dev/sdc1 rw\n"
+    )
+    found = problems(deployment, mountinfo=mountinfo)
+    assert any("vfat (FAT): files stop at 4 GiB" in p and "ext4, xfs or btrfs" in p for p in found)
+    assert not problems(deployment)  # the real mount table: tmp is not FAT
+
+
+def test_doctor_last_archive_run_failed(deployment: Deployment) -> None:
+    state.record(deployment.config.agent, Outcome("archive", False, "tar exited 2"))
+    assert any(
+        "last archive run: failed at" in p and "tar exited 2" in p for p in problems(deployment)
+    )
+    state.record(deployment.config.agent, Outcome("archive", True, "archive made"))
+    assert not any("last archive run" in p for p in problems(deployment))
+
+
+def test_doctor_no_udisks_and_no_udev(deployment: Deployment) -> None:
+    with private_system_bus() as empty_bus:
+        gone = deployment.root / "no-udev-control"
+        found = problems(deployment, system_bus=empty_bus, udev_control=gone)
+        assert any("neither UDisks2 (UDisks2 not on the system bus) nor udev" in p for p in found)
+        udev_only = replace(deployment.config, usb=UsbConfig(labels=("x",), backend="udisks2"))
+        found = problems(deployment, config=udev_only, system_bus=empty_bus)
+        assert any('usb.backend is "udisks2" but UDisks2 not on the system bus' in p for p in found)
+
+
+def test_doctor_tools(deployment: Deployment) -> None:
+    empty = deployment.root / "empty-path"
+    empty.mkdir()
+    assert any(
+        "GNU tar: tar is not on $PATH" in p for p in problems(deployment, search_path=str(empty))
+    )
+    fake = deployment.root / "fake-path"
+    fake.mkdir()
+    (fake / "tar").write_text("#!/bin/sh\necho 'tar (busybox) 1.36'\n")
+    (fake / "tar").chmod(0o755)
+    assert any(
+        "is not GNU tar (tar (busybox) 1.36)" in p
+        for p in problems(deployment, search_path=str(fake))
+    )
+    code = (
+        "import sys; sys.modules['zstandard'] = None\n"
+        "from usbagent.doctor import Locations, check_tools\n"
+        "print('\\n'.join(f.line() for f in check_tools(Locations())))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "PROBLEM  zstandard: cannot import zstandard" in out.stdout
+    assert "ok       pyrage: importable" in out.stdout
+
+
+def test_doctor_missing_metrics_folder(deployment: Deployment) -> None:
+    config = replace(
+        deployment.config,
+        agent=replace(deployment.config.agent, metrics_file=deployment.root / "nope" / "u.prom"),
+    )
+    assert any("metrics file: folder" in p for p in problems(deployment, config=config))

@@ -1,0 +1,1 @@
+"""Part of the `tests` package: modules import as tests.unit.NAME; basenames may repeat."""

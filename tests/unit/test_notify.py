@@ -1,0 +1,91 @@
+"""What the desktop is told, and when (pure parts of usbagent.notify and the outbox)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from usbagent import notify, outbox
+from usbagent.events import Kind, Outcome
+from usbagent.outbox import CRITICAL, NORMAL, Note
+
+T = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("kind", "ok", "summary", "urgency"),
+    [
+        ("stick-recognised", True, "Backup stick found: copying, do not remove it", NORMAL),
+        ("sync", True, "Backup copied: stick safe to remove", NORMAL),
+        ("sync", False, "Backup copy to stick FAILED", CRITICAL),
+        ("refused", False, "Backup stick not used", NORMAL),
+        ("archive", False, "Nightly backup FAILED", CRITICAL),
+        ("unit-failed", False, "Backup service failed: usbagent.service", CRITICAL),
+        ("stale", False, "Backup is out of date", CRITICAL),
+    ],
+)
+def test_render(kind: Kind, ok: bool, summary: str, urgency: int) -> None:
+    note = notify.render(Outcome(kind, ok, "what happened", T, {"unit": "usbagent.service"}))
+    assert note is not None
+    assert (note.summary, note.urgency, note.time) == (summary, urgency, T)
+    assert note.body.startswith("what happened")
+
+
+def test_successful_archive_is_not_news() -> None:
+    assert notify.render(Outcome("archive", True, "archive made", T)) is None
+
+
+def test_sync_success_always_says_safe_to_remove_once() -> None:
+    plain = notify.render(Outcome("sync", True, "2 archives copied.", T))
+    said = notify.render(Outcome("sync", True, "2 archives copied, safe to remove.", T))
+    assert plain is not None and plain.body == "2 archives copied. Safe to remove."
+    assert said is not None and said.body.lower().count("safe to remove") == 1
+
+
+def note(i: int, urgency: int = NORMAL) -> Note:
+    return Note("refused", f"summary {i}", f"body {i}", urgency, T + timedelta(minutes=i))
+
+
+def test_few_missed_notes_are_shown_singly_with_their_time() -> None:
+    shown = notify.missed([note(1), note(2, CRITICAL)])
+    assert [n.summary for n in shown] == [
+        "Missed while you were away: summary 1",
+        "Missed while you were away: summary 2",
+    ]
+    assert shown[1].urgency == CRITICAL and shown[0].body.endswith(": body 1")
+
+
+def test_many_missed_notes_become_one_digest_newest_first() -> None:
+    notes = [note(i, CRITICAL if i == 0 else NORMAL) for i in range(8)]
+    (digest,) = notify.missed(notes)
+    assert digest.summary == "Missed while you were away: 8 backup notifications"
+    assert digest.urgency == CRITICAL  # the worst of them, even if not among the lines shown
+    lines = digest.body.splitlines()
+    assert lines[0].endswith("summary 7. body 7") and lines[-1] == "... and 3 earlier"
+
+
+@pytest.mark.parametrize(
+    ("props", "graphical"),
+    [
+        ({"Type": "wayland", "Class": "user", "State": "active"}, True),
+        ({"Type": "x11", "Class": "user", "State": "online"}, True),
+        ({"Type": "x11", "Class": "greeter", "State": "active"}, False),
+        ({"Type": "tty", "Class": "user", "State": "active"}, False),
+        ({"Type": "wayland", "Class": "user", "State": "closing"}, False),
+    ],
+)
+def test_is_graphical(props: dict[str, str], graphical: bool) -> None:
+    assert notify.is_graphical(props) is graphical
+
+
+def test_outbox_keeps_bounded_and_discards_only_what_was_delivered(tmp_path: Path) -> None:
+    for i in range(outbox.MAX_PENDING + 5):
+        outbox.add(tmp_path, note(i))
+    kept = outbox.pending(tmp_path)
+    assert len(kept) == outbox.MAX_PENDING and kept[0].summary == "summary 5"
+    outbox.discard(tmp_path, kept[:10])
+    assert outbox.pending(tmp_path)[0].summary == "summary 15"
+    outbox.add(tmp_path, note(999))
+    assert outbox.pending(tmp_path)[-1].summary == "summary 999"

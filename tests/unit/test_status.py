@@ -1,0 +1,326 @@
+"""The pure half of `usbagent status`: facts + config + now -> checks, every verdict."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from usbagent import outbox, status, systemd
+from usbagent.config import AgentConfig, Config
+from usbagent.events import Kind, Outcome
+from usbagent.status import CRITICAL, OK, UNKNOWN, WARNING, ArchiveFile, Check, Facts, Heartbeat
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+CONFIG = Config(agent=AgentConfig(stale_after_hours=26, usb_stale_after_days=7))
+NAME = "host-20261126T020000Z.tar.zst.age"
+
+
+def hours_ago(h: float) -> datetime:
+    return NOW - timedelta(hours=h)
+
+
+def unit(name: str, **props: str) -> systemd.Unit:
+    return systemd.Unit(name, {"LoadState": "loaded", **props})
+
+
+def healthy_units(**timer: str) -> dict[str, systemd.Unit]:
+    timer_props = {
+        "ActiveState": "active",
+        "UnitFileState": "enabled",
+        "LastTriggerUSec": f"@{int(hours_ago(10).timestamp())}",
+        "NextElapseUSecRealtime": f"@{int((NOW + timedelta(hours=14)).timestamp())}",
+        **timer,
+    }
+    return {
+        systemd.ARCHIVE_TIMER: unit(systemd.ARCHIVE_TIMER, **timer_props),
+        systemd.ARCHIVE_SERVICE: unit(
+            systemd.ARCHIVE_SERVICE, ActiveState="inactive", Result="success", ExecMainStatus="0"
+        ),
+        systemd.AGENT_SERVICE: unit(systemd.AGENT_SERVICE, ActiveState="active", NRestarts="0"),
+    }
+
+
+def outcome(kind: Kind, ok: bool, at: datetime, **details: object) -> Outcome:
+    return Outcome(kind=kind, ok=ok, summary=f"{kind} {'ok' if ok else 'failed'}", time=at,
+                   details=dict(details))  # fmt: skip
+
+
+GOOD_SYNC = outcome("sync", True, hours_ago(20), label="SOVB", uuid="1234-abcd", copied=["a", "b"],
+                    verified=2, free_bytes=3 * 2**30)  # fmt: skip
+GOOD_ARCHIVE = outcome("archive", True, hours_ago(10), size=1000, duration=3.5)
+
+
+def healthy() -> Facts:
+    return Facts(
+        destination=Path("/data/backups"),
+        newest_archive=ArchiveFile(NAME, hours_ago(10), 123 * 2**20),
+        destination_problem=None,
+        units=healthy_units(),
+        systemd_problem=None,
+        heartbeat=Heartbeat(
+            pid=42, time=NOW - timedelta(seconds=5), status="idle", alive=True, source_alive=True
+        ),
+        sticks=(
+            status.Stick(
+                uuid="1234-abcd",
+                label="SOVB",
+                last_ok_sync=hours_ago(20),
+                last_verified_copy=hours_ago(20),
+                newest_archive=NAME,
+                free_bytes=3 * 2**30,
+                last_error=None,
+                last_error_time=None,
+            ),
+        ),
+        last={"archive": GOOD_ARCHIVE, "sync": GOOD_SYNC},
+        last_ok={"archive": GOOD_ARCHIVE, "sync": GOOD_SYNC},
+        last_error=None,
+        pending=(),
+    )
+
+
+def checks_of(facts: Facts) -> dict[str, Check]:
+    return {c.name: c for c in status.evaluate(facts, CONFIG, NOW)}
+
+
+def test_healthy_system_is_ok_with_every_fact_in_the_messages() -> None:
+    checks = status.evaluate(healthy(), CONFIG, NOW)
+    assert status.overall(checks) == OK, checks
+    by_name = {c.name: c for c in checks}
+    assert NAME in by_name["archive"].message and "10 h 0 min old" in by_name["archive"].message
+    assert "123.0 MiB" in by_name["archive"].message
+    assert "2026-11-26 02:00 UTC" in by_name["archive-timer"].message  # last trigger
+    assert "running (pid 42)" in by_name["agent"].message
+    assert "SOVB (1234-abcd)" in by_name["last-sync"].message
+    assert "2 copied, 2 verified, 3.0 GiB free" in by_name["last-sync"].message
+    assert NAME in by_name["stick SOVB (1234-abcd)"].message
+
+
+def test_the_failure_this_project_exists_for_active_timer_but_no_fresh_archive() -> None:
+    """Timer enabled and active, service 'success', but the newest archive is 30 h old."""
+    facts = replace(healthy(), newest_archive=ArchiveFile(NAME, hours_ago(30), 10))
+    checks = checks_of(facts)
+    assert checks["archive"].state == CRITICAL
+    assert "30 h 0 min old" in checks["archive"].message
+    assert "usbagent-archive.timer is enabled and active" in checks["archive"].message
+    assert checks["archive-timer"].state == OK  # systemd alone would look healthy
+    assert status.overall(list(checks.values())) == CRITICAL
+    assert status.EXIT[CRITICAL] == 2
+
+
+def test_no_archive_at_all_is_critical() -> None:
+    checks = checks_of(replace(healthy(), newest_archive=None))
+    assert checks["archive"].state == CRITICAL
+    assert "no archive in /data/backups" in checks["archive"].message
+
+
+def test_missing_destination_is_critical() -> None:
+    checks = checks_of(
+        replace(healthy(), newest_archive=None, destination_problem="does not exist")
+    )
+    assert checks["archive"] == Check(
+        "archive", CRITICAL, "archive folder /data/backups does not exist"
+    )
+
+
+def test_archive_just_inside_the_limit_is_ok_and_just_outside_is_critical() -> None:
+    inside = replace(healthy(), newest_archive=ArchiveFile(NAME, hours_ago(25.9), 1))
+    outside = replace(healthy(), newest_archive=ArchiveFile(NAME, hours_ago(26.1), 1))
+    assert checks_of(inside)["archive"].state == OK
+    assert checks_of(outside)["archive"].state == CRITICAL
+
+
+def test_archive_dated_in_the_future_is_a_warning() -> None:
+    facts = replace(healthy(), newest_archive=ArchiveFile(NAME, NOW + timedelta(hours=5), 1))
+    assert checks_of(facts)["archive"].state == WARNING
+
+
+def test_without_systemd_the_timer_is_reported_but_not_unknown() -> None:
+    facts = replace(
+        healthy(), units=None, systemd_problem="System has not been booted with systemd"
+    )
+    checks = checks_of(facts)
+    assert checks["archive-timer"].state == OK
+    assert "systemd not available (System has not been booted" in checks["archive-timer"].message
+    assert status.overall(list(checks.values())) == OK
+
+
+def test_disabled_or_missing_timer_is_a_warning() -> None:
+    disabled = replace(
+        healthy(), units=healthy_units(UnitFileState="disabled", ActiveState="inactive")
+    )
+    check = checks_of(disabled)["archive-timer"]
+    assert check.state == WARNING and "disabled and inactive" in check.message
+    units = healthy_units()
+    units[systemd.ARCHIVE_TIMER] = systemd.Unit(systemd.ARCHIVE_TIMER, {"LoadState": "not-found"})
+    check = checks_of(replace(healthy(), units=units))["archive-timer"]
+    assert check.state == WARNING and "not installed" in check.message
+
+
+def test_failed_archive_service_is_critical_with_systemds_reason() -> None:
+    units = healthy_units()
+    exited = int(hours_ago(2).timestamp())
+    units[systemd.ARCHIVE_SERVICE] = unit(
+        systemd.ARCHIVE_SERVICE, Result="exit-code", ExecMainStatus="1",
+        ExecMainExitTimestamp=f"@{exited}",
+    )  # fmt: skip
+    check = checks_of(replace(healthy(), units=units))["archive-job"]
+    assert check.state == CRITICAL
+    assert "Result=exit-code, exit status 1" in check.message
+    assert "2026-11-26 10:00 UTC" in check.message
+
+
+def test_failed_service_followed_by_a_good_archive_is_only_a_warning() -> None:
+    units = healthy_units()
+    units[systemd.ARCHIVE_SERVICE] = unit(
+        systemd.ARCHIVE_SERVICE, Result="exit-code", ExecMainStatus="1",
+        ExecMainExitTimestamp=f"@{int(hours_ago(12).timestamp())}",
+    )  # fmt: skip
+    check = checks_of(replace(healthy(), units=units))["archive-job"]
+    assert check.state == WARNING and "a later archive succeeded" in check.message
+
+
+def test_unit_failed_record_newer_than_last_good_archive_is_critical_with_the_reason() -> None:
+    failed = Outcome(
+        kind="unit-failed",
+        ok=False,
+        summary="usbagent-archive.service failed: cannot run /usr/bin/usbagent (status 203/EXEC)",
+        time=hours_ago(1),
+        details={"unit": "usbagent-archive.service"},
+    )
+    facts = replace(healthy(), units=None, last={**healthy().last, "unit-failed": failed},
+                    last_error=failed)  # fmt: skip
+    checks = checks_of(facts)
+    assert checks["archive-job"].state == CRITICAL
+    assert "203/EXEC" in checks["archive-job"].message
+    assert checks["last-error"].state == CRITICAL
+    assert status.overall(list(checks.values())) == CRITICAL
+
+
+def test_unit_failed_older_than_a_good_archive_is_resolved() -> None:
+    failed = Outcome("unit-failed", False, "archive unit failed", hours_ago(30),
+                     {"unit": "usbagent-archive.service"})  # fmt: skip
+    facts = replace(healthy(), last={**healthy().last, "unit-failed": failed}, last_error=failed)
+    checks = checks_of(facts)
+    assert checks["archive-job"].state == OK
+    assert checks["last-error"].state == OK
+    assert checks["last-error"].message.startswith("resolved since: unit-failed")
+
+
+def test_failed_last_archive_run_is_critical() -> None:
+    bad = outcome("archive", False, hours_ago(1))
+    facts = replace(healthy(), last={**healthy().last, "archive": bad}, last_error=bad)
+    assert checks_of(facts)["archive-job"].state == CRITICAL
+
+
+def test_agent_states() -> None:
+    base = healthy()
+    hb = base.heartbeat
+    assert hb is not None
+    never = checks_of(replace(base, heartbeat=None))["agent"]
+    assert never.state == CRITICAL and "never run" in never.message
+    dead = checks_of(replace(base, heartbeat=replace(hb, alive=False)))["agent"]
+    assert dead.state == CRITICAL and "not running (pid 42 gone" in dead.message
+    hung = checks_of(replace(base, heartbeat=replace(hb, time=NOW - timedelta(minutes=5))))
+    assert hung["agent"].state == CRITICAL and "hung" in hung["agent"].message
+    blind = checks_of(replace(base, heartbeat=replace(hb, source_alive=False)))["agent"]
+    assert blind.state == CRITICAL and "event source is gone" in blind.message
+    ok = checks_of(replace(base, heartbeat=replace(hb, time=NOW - timedelta(seconds=59))))
+    assert ok["agent"].state == OK
+
+
+def test_agent_restarts_are_shown() -> None:
+    units = healthy_units()
+    units[systemd.AGENT_SERVICE] = unit(systemd.AGENT_SERVICE, ActiveState="active", NRestarts="3")
+    check = checks_of(replace(healthy(), units=units))["agent"]
+    assert check.state == OK and "restarted 3 times" in check.message
+
+
+def test_sticks() -> None:
+    base = healthy()
+    stick = base.sticks[0]
+    assert checks_of(replace(base, sticks=()))["sticks"].state == WARNING
+    old = replace(stick, last_ok_sync=NOW - timedelta(days=8))
+    check = checks_of(replace(base, sticks=(old,)))["stick SOVB (1234-abcd)"]
+    assert (
+        check.state == WARNING and "8 d 0 h ago" in check.message and "plug it in" in check.message
+    )
+    never = replace(stick, last_ok_sync=None)
+    assert checks_of(replace(base, sticks=(never,)))["stick SOVB (1234-abcd)"].state == WARNING
+    failed = replace(stick, last_error="no space", last_error_time=hours_ago(1))
+    check = checks_of(replace(base, sticks=(failed,)))["stick SOVB (1234-abcd)"]
+    assert check.state == WARNING and "no space" in check.message
+
+
+def test_failed_sync_is_a_warning_until_a_later_success() -> None:
+    bad = outcome("sync", False, hours_ago(1), label="SOVB", uuid="1234-abcd")
+    facts = replace(healthy(), last={**healthy().last, "sync": bad}, last_error=bad)
+    checks = checks_of(facts)
+    assert checks["last-sync"].state == WARNING and "failed" in checks["last-sync"].message
+    assert checks["last-error"].state == WARNING
+    later = replace(GOOD_SYNC, time=hours_ago(0.5))
+    fixed = replace(
+        facts, last={**facts.last, "sync": later}, last_ok={**facts.last_ok, "sync": later}
+    )
+    checks = checks_of(fixed)
+    assert checks["last-sync"].state == OK and checks["last-error"].state == OK
+
+
+def test_stale_error_resolved_by_a_newer_archive() -> None:
+    stale = outcome("stale", False, hours_ago(20))
+    assert checks_of(replace(healthy(), last_error=stale))["last-error"].state == OK
+    newer_stale = outcome("stale", False, hours_ago(1))
+    assert checks_of(replace(healthy(), last_error=newer_stale))["last-error"].state == CRITICAL
+
+
+def test_pending_notifications() -> None:
+    normal = outbox.Note("refused", "Backup stick not used", "ext2", outbox.NORMAL, hours_ago(1))
+    critical = replace(
+        normal, kind="stale", urgency=outbox.CRITICAL, summary="Backup is out of date"
+    )
+    check = checks_of(replace(healthy(), pending=(normal,)))["notifications"]
+    assert check.state == OK and check.message.startswith("1 desktop notification(s) not delivered")
+    check = checks_of(replace(healthy(), pending=(normal, critical)))["notifications"]
+    assert check.state == WARNING and "Backup is out of date" in check.message
+
+
+def test_checks_are_sorted_worst_first_and_text_leads_with_the_worst() -> None:
+    facts = replace(healthy(), newest_archive=None, sticks=())
+    checks = status.evaluate(facts, CONFIG, NOW)
+    assert [c.state for c in checks][:2] == [CRITICAL, WARNING]
+    text = status.render_text(checks)
+    assert text.splitlines()[0].startswith(
+        "usbagent CRITICAL: archive: no archive in /data/backups"
+    )
+    assert text.splitlines()[1].startswith("CRITICAL archive: ")
+
+
+@pytest.mark.parametrize(
+    ("states", "worst"),
+    [([OK], OK), ([OK, WARNING], WARNING), ([WARNING, UNKNOWN], UNKNOWN),
+     ([UNKNOWN, CRITICAL], CRITICAL), ([], UNKNOWN)],
+)  # fmt: skip
+def test_overall(states: list[str], worst: str) -> None:
+    assert status.overall([Check("x", s, "") for s in states]) == worst
+
+
+def test_age_and_size_formatting() -> None:
+    assert status.age(timedelta(seconds=45)) == "45 s"
+    assert status.age(timedelta(minutes=12)) == "12 min"
+    assert status.age(timedelta(hours=5, minutes=3)) == "5 h 3 min"
+    assert status.age(timedelta(days=3, hours=4)) == "3 d 4 h"
+    assert status.size(512) == "512 B"
+    assert status.size(5 * 2**40) == "5120.0 GiB"
+
+
+def test_parse_systemctl_show_blocks() -> None:
+    text = "LoadState=loaded\nLastTriggerUSec=@1795658400\nResult=n/a\n\nLoadState=not-found\n"
+    a, b, c = systemd.parse_show(text, ["a.timer", "b.service", "c.service"])
+    assert a.time("LastTriggerUSec") == datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
+    assert a.get("Result") == "" and a.loaded
+    assert not b.loaded and c.props == {}
+    exec_start = "{ path=/usr/bin/usbagent ; argv[]=/usr/bin/usbagent agent ; ignore_errors=no }"
+    assert systemd.exec_paths(exec_start) == ["/usr/bin/usbagent"]

@@ -1,0 +1,518 @@
+"""`usbagent agent`: the asyncio hotplug daemon.
+
+Flow per stick: backend event -> `label_matches` (else ignored) -> `refusal_reason` from the
+facts (refused: recorded, published) -> "stick-recognised" -> mount (or reuse a mount) ->
+`sync.sync_mounted` in a worker thread -> sync -> unmount -> power off -> only then the
+outcome says "safe to remove". Everything that goes wrong is an Outcome that is recorded and
+published: a recognised stick never leaves without a record of whether it got a backup.
+
+Concurrency decisions:
+- Several sticks are served concurrently, each in its own thread, so a stick that hangs in
+  the kernel (a dying flash drive) never keeps another stick from getting its backup.
+- A stick is identified by its filesystem UUID: one job per UUID at a time. Events for a
+  stick being served are ignored; a stick re-plugged while its old job winds down is served
+  once that job has ended.
+- Every blocking call (sync, fsync'ing state files, os.sync) runs off the loop, so the loop
+  keeps answering device events and the watchdog during a multi-GB copy. The watchdog is
+  pinged from a task ON the loop, and only while the backend is alive: a hung loop or a dead
+  D-Bus/udev connection stops the pings and systemd restarts us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from usbagent import backend as backends
+from usbagent import ledger, state, sync
+from usbagent.backend import Backend, DeviceError, DeviceEvent, EventQueue
+from usbagent.config import Config
+from usbagent.devices import Partition, describe, label_matches
+from usbagent.errors import UsbagentError
+from usbagent.events import EventBus, Outcome
+from usbagent.watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STOP_BUDGET = 4.0  # seconds for cancelled syncs to wind down and unmount (SIGTERM: exit < 5 s)
+TICK_MAX = 10.0  # heartbeat/watchdog period when systemd asks for none (or a longer one)
+FRESHNESS_PERIOD = 300.0  # how often to look for a stale newest archive
+LAG_PROBE = 0.1  # loop-lag probe period
+# sync_mounted ends an ok summary with this; once unmounted we can say it without the "after"
+SYNC_TAIL = "safe to remove after unmount"
+PROGRESS_EVERY = 0.5  # seconds between progress updates forwarded from a sync thread
+
+
+# --- small pure helpers ---------------------------------------------------------------------
+
+
+def stick_id(p: Partition) -> str:
+    """One job per physical filesystem: UUID when known, else the backend's device key."""
+    return p.uuid or p.key
+
+
+def idle_status(labels: tuple[str, ...], last_error: str | None) -> str:
+    line = "idle, watching for sticks labelled " + ", ".join(labels)
+    return f"{line}; last error: {last_error}" if last_error else line
+
+
+def progress_status(index: int, total: int, done: int, whole: int, name: str) -> str:
+    pct = int(100 * done / whole) if whole else 0
+    return f"copying {index} of {total}, {pct}% to {name}"
+
+
+def lag_summary(samples: list[float]) -> dict[str, float]:
+    """Max and p99 of loop scheduling delays, in milliseconds."""
+    if not samples:
+        return {"max_ms": 0.0, "p99_ms": 0.0}
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return {"max_ms": round(ordered[-1] * 1000, 1), "p99_ms": round(p99 * 1000, 1)}
+
+
+def in_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Run `fn` in a daemon thread; the future completes on the loop.
+
+    Not asyncio.to_thread: the default executor's threads are joined at interpreter exit, so
+    a sync stuck on a dying stick could keep a SIGTERM'ed agent alive; a daemon thread
+    cannot.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            outcome: tuple[T | None, BaseException | None] = (None, exc)
+        else:
+            outcome = (result, None)
+        with contextlib.suppress(RuntimeError):  # loop already closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=work, name="usbagent-sync", daemon=True).start()
+    return future
+
+
+# --- the daemon -----------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    partition: Partition
+    cancel: threading.Event = field(default_factory=threading.Event)
+    status: str = ""
+    pulled: bool = False  # the stick disappeared while being served
+    lags: list[float] = field(default_factory=list)  # loop lag samples while it ran
+    task: asyncio.Task[None] | None = None
+
+
+class Agent:
+    def __init__(self, config: Config, backend: Backend, watchdog: Watchdog) -> None:
+        self.config = config
+        self.backend = backend
+        self.watchdog = watchdog
+        self.bus = EventBus()
+        self.queue: EventQueue = asyncio.Queue()
+        self.present: dict[str, Partition] = {}  # device key -> latest facts
+        self.handled: set[str] = set()  # device keys decided during their current plug
+        self.jobs: dict[str, Job] = {}  # stick id -> job in progress
+        self.last_error: str | None = None
+        self.lags: list[float] = []  # loop scheduling delays since the last heartbeat
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._status = ""
+        self._stale: Outcome | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        notifier = await self._start_notifier()
+        try:
+            await self.backend.start(self.queue)
+            while not self.queue.empty():  # the snapshot: sticks plugged in before we started
+                self._on_event(self.queue.get_nowait())
+            self._update_status()
+            await self._write_heartbeat()
+            self.watchdog.ready()
+            log.info("ready: %s (%s backend)", self._status, self.backend.name)
+            self._spawn(self._dispatch())
+            self._spawn(self._tick())
+            self._spawn(self._probe_lag())
+            self._spawn(self._watch_freshness())
+            await self._stop.wait()
+            log.info("stopping")
+            await self._shutdown()
+        finally:
+            await self.backend.close()
+            await self._close_notifier(notifier)
+        return 0
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal task failed", exc_info=task.exception())
+
+    async def _shutdown(self) -> None:
+        self.watchdog.stopping()
+        self.watchdog.extend_timeout(STOP_BUDGET + 5)
+        self._set_status("stopping")
+        jobs = [j.task for j in self.jobs.values() if j.task is not None]
+        for job in self.jobs.values():
+            job.cancel.set()
+        if jobs:
+            log.info("cancelling %d sync(s) in progress", len(jobs))
+            _, late = await asyncio.wait(jobs, timeout=STOP_BUDGET)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self.bus.drain()
+
+    async def _start_notifier(self) -> Any:
+        """Desktop notifications are a subscriber; their failure never stops the agent."""
+        if not self.config.notify.enabled:
+            return None
+        try:
+            from usbagent.notify import Notifier
+
+            notifier = Notifier(self.config)
+            await notifier.start()
+        except Exception:
+            log.exception("desktop notifications unavailable; outcomes are still recorded")
+            return None
+        self.bus.subscribe(notifier.handle)
+        return notifier
+
+    async def _close_notifier(self, notifier: Any) -> None:
+        if notifier is None:
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                await notifier.close()
+        except Exception:
+            log.exception("closing desktop notifications failed")
+
+    # --- periodic -------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """Heartbeat + watchdog ping, from the loop itself: no ping when the loop is stuck."""
+        period = min(self.watchdog.interval or TICK_MAX, TICK_MAX)
+        was_alive = True
+        while True:
+            await asyncio.sleep(period)
+            alive = self.backend.alive()
+            if alive:
+                self.watchdog.ping()
+            elif was_alive:
+                self.last_error = f"the {self.backend.name} event source is gone; no stick events"
+                log.error("%s: not pinging the watchdog so systemd restarts us", self.last_error)
+                self._update_status()
+            was_alive = alive
+            await self._write_heartbeat()
+
+    async def _probe_lag(self) -> None:
+        """Scheduling delay of a 100 ms sleep: how long the loop was busy elsewhere."""
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(LAG_PROBE)
+            lag = time.monotonic() - start - LAG_PROBE
+            self.lags.append(lag)
+            for job in self.jobs.values():
+                job.lags.append(lag)
+
+    async def _watch_freshness(self) -> None:
+        """Publish a "stale" outcome when the newest archive turns too old (on the transition)."""
+        from usbagent.status import archive_freshness
+
+        while True:
+            stale = await asyncio.to_thread(archive_freshness, self.config, datetime.now(UTC))
+            if stale is not None and self._stale is None:
+                await self._report(stale)
+            self._stale = stale
+            await asyncio.sleep(FRESHNESS_PERIOD)
+
+    async def _write_heartbeat(self) -> None:
+        data = {
+            "pid": os.getpid(),
+            "time": datetime.now(UTC).isoformat(),
+            "status": self._status,
+            "backend": self.backend.name,
+            "backend_alive": self.backend.alive(),
+            "loop_lag": lag_summary(self.lags),
+        }
+        self.lags.clear()
+        try:
+            await asyncio.to_thread(
+                state.write_json, self.config.agent.state_dir / "heartbeat.json", data
+            )
+        except OSError as exc:
+            log.error("cannot write the heartbeat in %s: %s", self.config.agent.state_dir, exc)
+
+    # --- status ---------------------------------------------------------------------------
+
+    def _set_status(self, line: str) -> None:
+        if line != self._status:
+            self._status = line
+            self.watchdog.status(line)
+
+    def _update_status(self) -> None:
+        busy = [j.status for j in self.jobs.values() if j.status]
+        self._set_status(
+            "; ".join(busy) if busy else idle_status(self.config.usb.labels, self.last_error)
+        )
+
+    async def _report(self, outcome: Outcome, record: bool = True) -> None:
+        """Record (unless the producer already did) and publish; note failures in STATUS."""
+        if record:
+            try:
+                await asyncio.to_thread(state.record, self.config.agent, outcome)
+            except OSError as exc:
+                log.error("cannot record %s outcome in the state dir: %s", outcome.kind, exc)
+        (log.info if outcome.ok else log.error)("%s: %s", outcome.kind, outcome.summary)
+        if not outcome.ok:
+            self.last_error = outcome.summary
+        self.bus.publish(outcome)
+        self._update_status()
+
+    # --- device events --------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            self._on_event(await self.queue.get())
+
+    def _on_event(self, event: DeviceEvent) -> None:
+        action, p = event
+        log.debug("%s %s %s", action, p.device, p)
+        if action == "removed":
+            self.present.pop(p.key, None)
+            self.handled.discard(p.key)
+            for job in self.jobs.values():
+                if job.partition.key == p.key:
+                    log.warning("%s was removed while being served", describe(p))
+                    job.pulled = True
+                    job.cancel.set()
+            return
+        self.present[p.key] = p
+        self._consider(p)
+
+    def _consider(self, p: Partition) -> None:
+        """Serve `p` if it is ours, not yet decided during this plug and not already busy."""
+        if p.key in self.handled or self._stop.is_set():
+            return
+        if not label_matches(p, self.config.usb):
+            log.debug(
+                "ignoring %s: label %r / name %r not configured", p.device, p.label, p.part_name
+            )
+            return
+        if stick_id(p) in self.jobs:
+            log.debug("%s is being served already; later", p.device)
+            return
+        self.handled.add(p.key)
+        job = Job(partition=p)
+        self.jobs[stick_id(p)] = job
+        job.task = self._spawn(self._serve(job))
+
+    def _job_ended(self, job: Job) -> None:
+        self.jobs.pop(stick_id(job.partition), None)
+        self._update_status()
+        for p in list(self.present.values()):  # e.g. re-plugged while the old job wound down
+            if stick_id(p) == stick_id(job.partition):
+                self._consider(p)
+
+    # --- one stick ------------------------------------------------------------------------
+
+    async def _serve(self, job: Job) -> None:
+        try:
+            await self._serve_stick(job)
+        finally:
+            self._job_ended(job)
+
+    def _facts(self, p: Partition) -> dict[str, Any]:
+        return {
+            "label": p.label or p.part_name,
+            "uuid": p.uuid,
+            "device": p.device,
+            "fstype": p.fstype,
+        }
+
+    async def _fail(self, p: Partition, what: str, kind: str = "sync") -> None:
+        """A recognised stick that did not get a verified backup: recorded and published."""
+        name = describe(p)
+        summary = (
+            f"{name}: {what}"
+            if kind == "refused"
+            else f"{name} plugged in but not backed up: {what}"
+        )
+        outcome = Outcome(kind=kind, ok=False, summary=summary, details=self._facts(p))  # type: ignore[arg-type]
+        await self._report(outcome)
+        if p.uuid:
+            try:
+                await asyncio.to_thread(
+                    ledger.record_error,
+                    self.config.agent.state_dir,
+                    p.uuid,
+                    p.label or p.part_name,
+                    summary,
+                )
+            except OSError as exc:
+                log.error("cannot update the ledger of %s: %s", name, exc)
+
+    async def _serve_stick(self, job: Job) -> None:
+        p = job.partition
+        reason = await asyncio.to_thread(sync.precheck, self.config, p)
+        if reason is not None:
+            refused = await asyncio.to_thread(sync.record_refusal, self.config, p, reason)
+            await self._report(refused, record=False)
+            return
+        await self._report(
+            Outcome(
+                kind="stick-recognised",
+                ok=True,
+                summary=f"{describe(p)} recognised; copying archives",
+                details=self._facts(p),
+            )
+        )
+        job.status = f"mounting {describe(p)}"
+        self._update_status()
+        try:
+            mountpoint = await self.backend.mount(p)
+        except (DeviceError, TimeoutError) as exc:
+            await self._fail(p, f"mount failed: {exc}")
+            return
+        outcome = await self._sync(job, mountpoint)
+        await self._finish(job, outcome)
+
+    async def _sync(self, job: Job, mountpoint: Path) -> Outcome | None:
+        """Run the blocking sync in a thread; None when it crashed (already reported)."""
+        loop = asyncio.get_running_loop()
+        p = job.partition
+        last_sent = 0.0
+
+        def progress(pr: Any) -> None:  # runs in the sync thread
+            nonlocal last_sent
+            now = time.monotonic()
+            if now - last_sent >= PROGRESS_EVERY:
+                last_sent = now
+                line = progress_status(
+                    pr.index, pr.total, pr.done_bytes, pr.total_bytes, p.label or p.part_name
+                )
+                loop.call_soon_threadsafe(self._job_progress, job, line)
+
+        job.status = f"syncing {describe(p)}"
+        self._update_status()
+        started = time.monotonic()
+        try:
+            outcome: Outcome | None = await in_thread(
+                lambda: sync.sync_mounted(self.config, mountpoint, p, job.cancel, progress)
+            )
+        except Exception as exc:
+            log.exception("sync of %s crashed", describe(p))
+            await self._fail(p, f"sync crashed: {exc}")
+            outcome = None
+        lag = lag_summary(job.lags)
+        log.info(
+            "sync of %s took %.1f s; event loop lag meanwhile: max %.1f ms, p99 %.1f ms",
+            describe(p),
+            time.monotonic() - started,
+            lag["max_ms"],
+            lag["p99_ms"],
+        )
+        return outcome
+
+    def _job_progress(self, job: Job, line: str) -> None:
+        if self.jobs.get(stick_id(job.partition)) is job:
+            job.status = line
+            self._update_status()
+
+    async def _finish(self, job: Job, outcome: Outcome | None) -> None:
+        """sync(2) -> unmount -> power off, then tell the person whether to pull the stick."""
+        p = job.partition
+        job.status = f"unmounting {describe(p)}"
+        self._update_status()
+        await asyncio.to_thread(os.sync)
+        try:
+            await self.backend.unmount(p)
+        except (DeviceError, TimeoutError) as exc:
+            if outcome is not None:
+                await self._report(outcome, record=False)
+            if not job.pulled:
+                await self._fail(p, f"unmount failed, do not pull it yet: {exc}")
+            return
+        powered = False
+        if self.config.usb.power_off and not job.pulled:
+            try:
+                powered = await self.backend.power_off(p)
+            except (DeviceError, TimeoutError) as exc:
+                log.warning(
+                    "power-off of %s failed (it is unmounted, safe to remove): %s", describe(p), exc
+                )
+        if outcome is None:
+            return
+        if outcome.ok:
+            done = "unmounted and powered off" if powered else "unmounted"
+            summary = outcome.summary.removesuffix(SYNC_TAIL).removesuffix("; ")
+            outcome = dataclasses.replace(
+                outcome,
+                summary=f"{summary}; {done}, safe to remove",
+                details={**outcome.details, "unmounted": True, "powered_off": powered},
+            )
+        elif job.pulled:
+            outcome = dataclasses.replace(
+                outcome, summary=f"{outcome.summary} (the stick was removed during the copy)"
+            )
+        await self._report(outcome, record=False)  # sync_mounted recorded it already
+
+
+# --- command --------------------------------------------------------------------------------
+
+
+async def main(config: Config) -> int:
+    backend = await backends.select(config)
+    agent = Agent(config, backend, Watchdog())
+    try:
+        return await agent.run()
+    except DeviceError as exc:
+        raise UsbagentError(f"cannot watch for sticks: {exc}") from exc
+
+
+def run(config: Config | None, args: argparse.Namespace) -> int:
+    if config is None:
+        raise UsbagentError("no config file; pass --config (see /etc/usbagent/config.toml)")
+    return asyncio.run(main(config))

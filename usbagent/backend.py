@@ -1,0 +1,93 @@
+"""What the agent needs from an event source (UDisks2 or udev), and how `auto` picks one.
+
+Both backends turn their own device model into the same stream of `(action, Partition)` on an
+asyncio queue, and offer the same three actions (mount, unmount, power off), so the agent's
+logic never depends on which one saw the stick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Literal, Protocol
+
+from usbagent.config import Config
+from usbagent.devices import Partition
+from usbagent.errors import UsbagentError
+
+log = logging.getLogger(__name__)
+
+Action = Literal["added", "changed", "removed"]
+DeviceEvent = tuple[Action, Partition]
+EventQueue = asyncio.Queue[DeviceEvent]
+
+UDISKS_NAME = "org.freedesktop.UDisks2"
+
+
+class DeviceError(UsbagentError):
+    """A mount, unmount or power-off failed; the message says which device and why."""
+
+
+class Backend(Protocol):
+    name: str
+
+    async def start(self, queue: EventQueue) -> None:
+        """Subscribe to device events, THEN queue an `added` event per partition present now.
+
+        Subscribing first means a stick plugged during start-up is never missed (at worst it
+        is reported twice, which the agent tolerates).
+        """
+
+    def alive(self) -> bool:
+        """True while events can still arrive (bus connected / monitor socket open)."""
+
+    async def mount(self, partition: Partition) -> Path:
+        """Mount with nosuid,nodev,noexec, or return the existing mount point."""
+
+    async def unmount(self, partition: Partition) -> None: ...
+
+    async def power_off(self, partition: Partition) -> bool:
+        """Power the drive off; False (with a log line saying why) when not possible."""
+
+    async def close(self) -> None: ...
+
+
+def emit(queue: EventQueue, known: dict[str, Partition], key: str, new: Partition | None) -> None:
+    """Diff one device's new facts against what was reported before and queue the change.
+
+    Shared by both backends so that "added/changed/removed" means exactly the same thing:
+    identical facts produce no event, a vanished candidate produces `removed`.
+    """
+    old = known.get(key)
+    if new is None:
+        if old is not None:
+            del known[key]
+            queue.put_nowait(("removed", old))
+        return
+    if old == new:
+        return
+    known[key] = new
+    queue.put_nowait(("added" if old is None else "changed", new))
+
+
+async def udisks_on_bus() -> bool:
+    """Whether org.freedesktop.UDisks2 has an owner on the system bus (no activation)."""
+    from usbagent import udisks  # deferred: the udev backend must not need dbus-next
+
+    return await udisks.name_has_owner()
+
+
+async def select(config: Config) -> Backend:
+    """The backend named by usb.backend; for "auto", UDisks2 when it is on the bus, else udev."""
+    choice = config.usb.backend
+    if choice == "auto":
+        choice = "udisks2" if await udisks_on_bus() else "udev"
+        log.info("backend auto: using %s", choice)
+    if choice == "udisks2":
+        from usbagent.udisks import UDisksBackend
+
+        return UDisksBackend()
+    from usbagent.udev import UdevBackend
+
+    return UdevBackend()

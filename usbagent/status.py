@@ -1,0 +1,605 @@
+"""`usbagent status`: the truthful health of the whole system, monitoring-plugin style.
+
+Two halves: `gather` reads every source (archive folder, state dir, ledger, heartbeat,
+systemd) into a frozen `Facts`; `evaluate` is a pure function facts + config + now -> checks.
+Every judgement lives in `evaluate`, so each failure mode is a fast unit test.
+
+The failure this project exists for is a backup that looks healthy while it is not: the
+timer is enabled and "active", the service exits 0, yet no archive newer than
+`agent.stale_after_hours` exists. Freshness is therefore judged from the archive files
+themselves, never from what a job claims to have done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from usbagent import ledger, naming, outbox, state, systemd
+from usbagent.config import Config
+from usbagent.events import Outcome
+
+OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
+EXIT = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
+# Worst first: a CRITICAL outranks "could not tell" because it is known to be broken.
+SEVERITY = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
+# The agent refreshes its heartbeat about every 10 s; six missed beats mean it is hung.
+HEARTBEAT_STALE = timedelta(seconds=60)
+# An archive dated this far in the future would look fresh forever: a clock problem.
+FUTURE_TOLERANCE = timedelta(hours=1)
+SYSTEMD_PROPS = (
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "UnitFileState",
+    "Result",
+    "ExecMainStatus",
+    "ExecMainExitTimestamp",
+    "NRestarts",
+    "LastTriggerUSec",
+    "NextElapseUSecRealtime",
+)
+
+
+# --- facts --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    name: str
+    created: datetime  # from the name: when the archive job started
+    size: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    pid: int
+    time: datetime
+    status: str
+    alive: bool  # the pid exists and is a usbagent process
+    source_alive: bool  # the agent's udev/UDisks2 event source still delivers events
+
+
+@dataclass(frozen=True)
+class Stick:
+    uuid: str
+    label: str
+    last_ok_sync: datetime | None
+    last_verified_copy: datetime | None
+    newest_archive: str | None  # newest archive the stick holds
+    free_bytes: int | None
+    last_error: str | None
+    last_error_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Facts:
+    destination: Path
+    newest_archive: ArchiveFile | None
+    destination_problem: str | None  # the folder is missing or unreadable
+    units: Mapping[str, systemd.Unit] | None  # None: systemd not reachable
+    systemd_problem: str | None
+    heartbeat: Heartbeat | None
+    sticks: tuple[Stick, ...]
+    last: Mapping[str, Outcome]  # newest outcome of each kind
+    last_ok: Mapping[str, Outcome]  # newest successful outcome of each kind
+    last_error: Outcome | None
+    pending: tuple[outbox.Note, ...]  # desktop notifications nobody has seen
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    state: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "state": self.state, "message": self.message}
+
+
+def newest_archive(destination: Path, prefix: str) -> ArchiveFile | None:
+    """The newest complete archive of ours in `destination` (raises OSError if unreadable)."""
+    best: ArchiveFile | None = None
+    with os.scandir(destination) as entries:
+        for entry in entries:
+            parsed = naming.parse(entry.name, prefix)
+            if parsed is None or not entry.is_file(follow_symlinks=False):
+                continue
+            if best is None or parsed.created > best.created:
+                best = ArchiveFile(entry.name, parsed.created, entry.stat().st_size)
+    return best
+
+
+def _archive_facts(config: Config) -> tuple[ArchiveFile | None, str | None]:
+    try:
+        return newest_archive(config.archive.destination, config.archive_prefix), None
+    except FileNotFoundError:
+        return None, "does not exist"
+    except NotADirectoryError:
+        return None, "is not a folder"
+    except PermissionError:
+        return None, "is not readable by this user"
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _pid_is_usbagent(pid: int) -> bool:
+    """True when `pid` runs usbagent (a reused pid of another program does not count)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"usbagent" in cmdline
+
+
+def read_heartbeat(state_dir: Path) -> Heartbeat | None:
+    data = state.read_json(state_dir / "heartbeat.json")
+    if not isinstance(data, dict):
+        return None
+    pid, time = data.get("pid"), _time(data.get("time"))
+    if not isinstance(pid, int) or time is None:
+        return None
+    return Heartbeat(
+        pid=pid,
+        time=time,
+        status=str(data.get("status", "")),
+        alive=_pid_is_usbagent(pid),
+        source_alive=data.get("backend_alive") is not False,
+    )
+
+
+def stick_facts(record: ledger.StickRecord) -> Stick:
+    """A ledger record with its times parsed (an unparsable time reads as never)."""
+    newest = record.last_verified_copy or (record.archives[0] if record.archives else None)
+    return Stick(
+        uuid=record.uuid,
+        label=record.label,
+        last_ok_sync=_time(record.last_ok_sync),
+        last_verified_copy=_time(record.last_verified_time),
+        newest_archive=newest,
+        free_bytes=record.free_bytes,
+        last_error=record.last_error or None,
+        last_error_time=_time(record.last_error_time),
+    )
+
+
+def _outcomes(state_dir: Path) -> tuple[dict[str, Outcome], dict[str, Outcome]]:
+    last: dict[str, Outcome] = {}
+    last_ok: dict[str, Outcome] = {}
+    for outcome in state.events(state_dir):  # oldest first: later ones win
+        last[outcome.kind] = outcome
+        if outcome.ok:
+            last_ok[outcome.kind] = outcome
+    for kind in ("archive", "sync", "unit-failed", "refused", "stale", "stick-recognised"):
+        newest = state.last(state_dir, kind)  # outlives the trimming of events.jsonl
+        if newest and (kind not in last or newest.time > last[kind].time):
+            last[kind] = newest
+        if newest and newest.ok and (kind not in last_ok or newest.time > last_ok[kind].time):
+            last_ok[kind] = newest
+    return last, last_ok
+
+
+def _systemd_facts() -> tuple[dict[str, systemd.Unit] | None, str | None]:
+    try:
+        return systemd.show(systemd.UNITS, SYSTEMD_PROPS), None
+    except systemd.SystemdUnavailable as exc:
+        return None, str(exc)
+
+
+def gather(config: Config) -> Facts:
+    state_dir = config.agent.state_dir
+    newest, problem = _archive_facts(config)
+    units, systemd_problem = _systemd_facts()
+    last, last_ok = _outcomes(state_dir)
+    return Facts(
+        destination=config.archive.destination,
+        newest_archive=newest,
+        destination_problem=problem,
+        units=units,
+        systemd_problem=systemd_problem,
+        heartbeat=read_heartbeat(state_dir),
+        sticks=tuple(stick_facts(r) for r in ledger.sticks(state_dir)),
+        last=last,
+        last_ok=last_ok,
+        last_error=state.last_error(state_dir),
+        pending=tuple(outbox.pending(state_dir)),
+    )
+
+
+# --- formatting ---------------------------------------------------------------------------
+
+
+def age(delta: timedelta) -> str:
+    """'45 s', '12 min', '5 h 3 min', '3 d 4 h': precise enough to act on, short to read."""
+    s = int(delta.total_seconds())
+    if s < 0:
+        return "in the future"
+    if s < 120:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 2 * 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def when(t: datetime | None) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if t else "never"
+
+
+# --- pure checks --------------------------------------------------------------------------
+
+
+def _timer_active(units: Mapping[str, systemd.Unit] | None) -> bool:
+    if units is None:
+        return False
+    timer = units[systemd.ARCHIVE_TIMER]
+    return timer.loaded and timer.get("ActiveState") == "active"
+
+
+def check_archive(
+    newest: ArchiveFile | None,
+    problem: str | None,
+    destination: Path,
+    stale_after_hours: float,
+    now: datetime,
+    timer_active: bool = False,
+) -> Check:
+    """Freshness of the newest archive file: the one check that cannot be fooled by a job."""
+    limit = timedelta(hours=stale_after_hours)
+    despite = (
+        f" although {systemd.ARCHIVE_TIMER} is enabled and active: the nightly job runs "
+        "but produces no archive"
+        if timer_active
+        else ""
+    )
+    if problem is not None:
+        return Check("archive", CRITICAL, f"archive folder {destination} {problem}")
+    if newest is None:
+        return Check("archive", CRITICAL, f"no archive in {destination}{despite}")
+    archive_age = now - newest.created
+    if archive_age > limit:
+        return Check(
+            "archive",
+            CRITICAL,
+            f"newest archive {newest.name} is {age(archive_age)} old "
+            f"(stale after {stale_after_hours:g} h){despite}",
+        )
+    if -archive_age > FUTURE_TOLERANCE:
+        return Check(
+            "archive",
+            WARNING,
+            f"newest archive {newest.name} is dated in the future: check the system clock",
+        )
+    return Check(
+        "archive",
+        OK,
+        f"newest archive {newest.name}, {age(archive_age)} old, {size(newest.size)}",
+    )
+
+
+def check_timer(units: Mapping[str, systemd.Unit] | None, problem: str | None) -> Check:
+    if units is None:
+        # Informational, not UNKNOWN: archive freshness above is judged from the files and
+        # stays authoritative, so a machine without systemd is not an unknown state.
+        return Check("archive-timer", OK, f"systemd not available ({problem}): timer not checked")
+    timer = units[systemd.ARCHIVE_TIMER]
+    if not timer.loaded:
+        return Check(
+            "archive-timer",
+            WARNING,
+            f"{systemd.ARCHIVE_TIMER} is not installed: no nightly archives (run usbagent install)",
+        )
+    enabled, active = timer.get("UnitFileState"), timer.get("ActiveState")
+    if enabled not in ("enabled", "enabled-runtime") or active != "active":
+        return Check(
+            "archive-timer",
+            WARNING,
+            f"{systemd.ARCHIVE_TIMER} is {enabled or '?'} and {active or '?'}: no nightly "
+            f"archives (systemctl enable --now {systemd.ARCHIVE_TIMER})",
+        )
+    return Check(
+        "archive-timer",
+        OK,
+        f"active; last run {when(timer.time('LastTriggerUSec'))}, "
+        f"next {when(timer.time('NextElapseUSecRealtime'))}",
+    )
+
+
+def _newer(a: Outcome | None, than: Outcome | None) -> bool:
+    return a is not None and (than is None or a.time > than.time)
+
+
+def _unit_of(outcome: Outcome) -> str:
+    unit = outcome.details.get("unit")
+    return str(unit) if unit else ""
+
+
+def check_archive_job(facts: Facts) -> Check:
+    """The last archive run, as systemd and the state dir recorded it."""
+    ok = facts.last_ok.get("archive")
+    if facts.units is not None:
+        service = facts.units[systemd.ARCHIVE_SERVICE]
+        result = service.get("Result")
+        exited = service.time("ExecMainExitTimestamp")
+        if service.loaded and result not in ("", "success"):
+            text = (
+                f"{systemd.ARCHIVE_SERVICE} failed at {when(exited)} "
+                f"(Result={result}, exit status {service.get('ExecMainStatus') or '?'})"
+            )
+            if ok is not None and exited is not None and ok.time > exited:
+                return Check("archive-job", WARNING, f"{text}; a later archive succeeded")
+            return Check("archive-job", CRITICAL, text)
+    unit_failed = facts.last.get("unit-failed")
+    if (
+        unit_failed is not None
+        and _unit_of(unit_failed) == systemd.ARCHIVE_SERVICE
+        and _newer(unit_failed, ok)
+    ):
+        return Check(
+            "archive-job",
+            CRITICAL,
+            f"archive job failed at {when(unit_failed.time)}: {unit_failed.summary}",
+        )
+    last = facts.last.get("archive")
+    if last is not None and not last.ok and _newer(last, ok):
+        return Check(
+            "archive-job", CRITICAL, f"last archive run failed at {when(last.time)}: {last.summary}"
+        )
+    if last is None:
+        return Check("archive-job", OK, "no archive run recorded yet")
+    return Check("archive-job", OK, f"last run succeeded at {when(last.time)}: {last.summary}")
+
+
+def check_agent(facts: Facts, now: datetime) -> Check:
+    hb = facts.heartbeat
+    service = facts.units[systemd.AGENT_SERVICE] if facts.units is not None else None
+    unit_note = ""
+    if service is not None and service.loaded:
+        restarts = service.number("NRestarts") or 0
+        unit_note = f"; {systemd.AGENT_SERVICE} {service.get('ActiveState')}" + (
+            f", restarted {restarts} times" if restarts else ""
+        )
+    if hb is None:
+        return Check(
+            "agent",
+            CRITICAL,
+            f"the agent has never run (no heartbeat in the state dir){unit_note}: "
+            f"sticks are not being synced (start {systemd.AGENT_SERVICE})",
+        )
+    beat_age = now - hb.time
+    if not hb.alive:
+        return Check(
+            "agent",
+            CRITICAL,
+            f"the agent is not running (pid {hb.pid} gone; last heartbeat "
+            f"{when(hb.time)}, {age(beat_age)} ago){unit_note}",
+        )
+    if not hb.source_alive:
+        return Check(
+            "agent",
+            CRITICAL,
+            f"the agent (pid {hb.pid}) runs but its device event source is gone: sticks "
+            f"will not be noticed{unit_note}",
+        )
+    if beat_age > HEARTBEAT_STALE:
+        return Check(
+            "agent",
+            CRITICAL,
+            f"the agent (pid {hb.pid}) is alive but its last heartbeat is {age(beat_age)} "
+            f"old: it is hung{unit_note}",
+        )
+    return Check(
+        "agent",
+        OK,
+        f"running (pid {hb.pid}), heartbeat {age(beat_age)} ago: {hb.status}{unit_note}",
+    )
+
+
+def check_sticks(
+    sticks: tuple[Stick, ...], labels: tuple[str, ...], stale_after_days: float, now: datetime
+) -> list[Check]:
+    """One check per known stick; a stick not synced lately is a reminder, not an alarm."""
+    if not sticks:
+        return [
+            Check(
+                "sticks",
+                WARNING,
+                f"no backup stick has ever been synced: plug in a stick labeled {labels[0]}",
+            )
+        ]
+    checks = []
+    limit = timedelta(days=stale_after_days)
+    for stick in sticks:
+        name = f"stick {stick.label or '?'} ({stick.uuid})"
+        held = f"holds {stick.newest_archive or 'no archive'}"
+        failed_since = stick.last_error_time is not None and (
+            stick.last_ok_sync is None or stick.last_error_time > stick.last_ok_sync
+        )
+        if failed_since:
+            checks.append(
+                Check(
+                    name,
+                    WARNING,
+                    f"last attempt failed at {when(stick.last_error_time)}: {stick.last_error}; "
+                    f"last good sync {when(stick.last_ok_sync)}; {held}",
+                )
+            )
+        elif stick.last_ok_sync is None:
+            checks.append(Check(name, WARNING, f"never synced successfully; {held}"))
+        elif now - stick.last_ok_sync > limit:
+            checks.append(
+                Check(
+                    name,
+                    WARNING,
+                    f"last synced {age(now - stick.last_ok_sync)} ago (reminder after "
+                    f"{stale_after_days:g} d): plug it in; {held}",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    name,
+                    OK,
+                    f"last verified copy {when(stick.last_verified_copy or stick.last_ok_sync)}; "
+                    f"{held}",
+                )
+            )
+    return checks
+
+
+def describe_sync(outcome: Outcome) -> str:
+    d = outcome.details
+    parts = [f"{d.get('label', '?')} ({d.get('uuid', '?')}) at {when(outcome.time)}"]
+    copied = d.get("copied")  # the names copied (see sync.Run.details)
+    if isinstance(copied, list):
+        parts.append(f"{len(copied)} copied, {d.get('verified', '?')} verified")
+    free = d.get("free_bytes")
+    if isinstance(free, int) and not isinstance(free, bool):
+        parts.append(f"{size(free)} free")
+    return ", ".join(parts) + f": {outcome.summary}"
+
+
+def check_last_sync(facts: Facts) -> Check:
+    last, ok = facts.last.get("sync"), facts.last_ok.get("sync")
+    if last is None:
+        return Check("last-sync", OK, "no stick sync recorded yet")
+    if not last.ok and _newer(last, ok):
+        return Check("last-sync", WARNING, f"failed: {describe_sync(last)}")
+    return Check("last-sync", OK, describe_sync(last))
+
+
+def _resolved(error: Outcome, facts: Facts) -> bool:
+    """Has something newer made this error moot (the same job succeeded since)?"""
+    if error.kind in ("archive", "stale"):
+        return _newer(facts.last_ok.get("archive"), error)
+    if error.kind in ("sync", "refused", "stick-recognised"):
+        return _newer(facts.last_ok.get("sync"), error)
+    if error.kind == "unit-failed":
+        if _unit_of(error) == systemd.AGENT_SERVICE:
+            hb = facts.heartbeat
+            return hb is not None and hb.alive and hb.time > error.time
+        return _newer(facts.last_ok.get("archive"), error)
+    return False
+
+
+def check_last_error(facts: Facts) -> Check:
+    error = facts.last_error
+    if error is None:
+        return Check("last-error", OK, "no error recorded")
+    text = f"{error.kind} at {when(error.time)}: {error.summary}"
+    if _resolved(error, facts):
+        return Check("last-error", OK, f"resolved since: {text}")
+    severity = WARNING if error.kind in ("sync", "refused", "stick-recognised") else CRITICAL
+    return Check("last-error", severity, text)
+
+
+def check_notifications(pending: tuple[outbox.Note, ...]) -> Check:
+    if not pending:
+        return Check("notifications", OK, "no undelivered desktop notifications")
+    newest = pending[-1]
+    text = (
+        f"{len(pending)} desktop notification(s) not delivered (no graphical session); "
+        f"newest {when(newest.time)}: {newest.summary}"
+    )
+    urgent = any(n.urgency >= outbox.CRITICAL for n in pending)
+    return Check("notifications", WARNING if urgent else OK, text)
+
+
+def evaluate(facts: Facts, config: Config, now: datetime) -> list[Check]:
+    """All checks, worst first (stable order among equals)."""
+    checks = [
+        check_archive(
+            facts.newest_archive,
+            facts.destination_problem,
+            facts.destination,
+            config.agent.stale_after_hours,
+            now,
+            _timer_active(facts.units),
+        ),
+        check_archive_job(facts),
+        check_timer(facts.units, facts.systemd_problem),
+        check_agent(facts, now),
+        *check_sticks(facts.sticks, config.usb.labels, config.agent.usb_stale_after_days, now),
+        check_last_sync(facts),
+        check_last_error(facts),
+        check_notifications(facts.pending),
+    ]
+    return sorted(checks, key=lambda c: -SEVERITY[c.state])
+
+
+def overall(checks: list[Check]) -> str:
+    return max((c.state for c in checks), key=SEVERITY.__getitem__, default=UNKNOWN)
+
+
+# --- the agent's periodic freshness check ---------------------------------------------------
+
+
+def archive_freshness(config: Config, now: datetime) -> Outcome | None:
+    """Outcome(kind="stale") when the newest archive is too old or missing, else None."""
+    newest, problem = _archive_facts(config)
+    check = check_archive(
+        newest, problem, config.archive.destination, config.agent.stale_after_hours, now
+    )
+    if check.state == OK:
+        return None
+    return Outcome(
+        kind="stale",
+        ok=False,
+        summary=check.message,
+        time=now,
+        details={"archive": newest.name if newest else None},
+    )
+
+
+# --- command --------------------------------------------------------------------------------
+
+
+def render_text(checks: list[Check]) -> str:
+    state_ = overall(checks)
+    worst = checks[0] if checks else Check("status", UNKNOWN, "no checks")
+    lines = [f"usbagent {state_}: {worst.name}: {worst.message}"]
+    lines += [f"{c.state:<8} {c.name}: {c.message}" for c in checks]
+    return "\n".join(lines) + "\n"
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    try:
+        checks = evaluate(gather(config), config, now)
+    except OSError as exc:
+        checks = [Check("state", UNKNOWN, f"cannot read the state: {exc}")]
+    if getattr(args, "json", False):
+        doc = {
+            "state": overall(checks),
+            "time": now.isoformat(),
+            "checks": [c.to_json() for c in checks],
+        }
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_text(checks))
+    return EXIT[overall(checks)]

@@ -1,0 +1,561 @@
+"""Stick sync: audit the copies on a mounted stick, copy + verify what is missing, prune.
+
+`sync_mounted` is the blocking core; the agent runs it in a worker thread after mounting,
+and `usbagent sync MOUNTPOINT` runs it on a stick somebody mounted by hand. Either way it
+records the outcome (state dir + per-stick ledger) itself, so a recognised stick that did
+not end up with verified copies is always recorded as an error, never silent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from usbagent import ledger, naming, state
+from usbagent.config import Config
+from usbagent.copier import (
+    Audit,
+    Cancelled,
+    DeviceFailed,
+    StickFolder,
+    StickRefused,
+    VerifyFailed,
+)
+from usbagent.copier import parse_sidecar as _parse_sidecar
+from usbagent.devices import Partition, describe, label_matches, refusal_reason
+from usbagent.errors import UsbagentError
+from usbagent.events import Outcome
+from usbagent.plan import LocalArchive, Refusal, SyncPlan, plan_sync, space_to_free
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[["Progress"], None]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Copy progress: archive `index` of `total` (1-based); bytes over the whole sync."""
+
+    index: int
+    total: int
+    name: str
+    done_bytes: int
+    total_bytes: int
+
+
+# --- the local side -----------------------------------------------------------------------
+
+
+def local_archives(config: Config) -> list[LocalArchive]:
+    """Complete archives in archive.destination (those with a valid sidecar), newest first.
+
+    Read through pyfilesystem2's OSFS: the destination is ours (root-owned, no symlink
+    games), so its path-based API fits here, unlike on the stick (see usbagent.copier).
+    An archive whose sidecar is missing (the nightly job is still writing it) is skipped.
+    A destination that exists but cannot be read raises OSError naming it.
+    """
+    dest = config.archive.destination
+    if not dest.exists():
+        return []
+    fs_errors, osfs = _import_fs()
+    found: list[tuple[naming.ArchiveName, LocalArchive]] = []
+    try:
+        with osfs.OSFS(str(dest)) as home:
+            infos = {i.name: i for i in home.scandir("/", namespaces=["details"]) if i.is_file}
+            for name, info in infos.items():
+                parsed = naming.parse(name, config.archive_prefix)
+                if parsed is None or name + naming.SIDECAR not in infos:
+                    continue
+                try:
+                    digest = _parse_sidecar(home.readtext(name + naming.SIDECAR)[:4096])
+                except fs_errors.ResourceNotFound:
+                    continue  # retention removed it meanwhile
+                if digest is None:
+                    log.warning("%s: sidecar is not in sha256sum format, not copied", name)
+                    continue
+                archive = LocalArchive(name=name, size=int(info.size), sha256=digest)
+                found.append((parsed, archive))
+    except (fs_errors.FSError, fs_errors.CreateFailed) as exc:
+        raise OSError(errno.EACCES, f"cannot list archives: {exc}", str(dest)) from exc
+    return [archive for _, archive in sorted(found, reverse=True)]
+
+
+def _import_fs() -> tuple[Any, Any]:
+    """pyfilesystem2, imported on first use with its pkg_resources deprecation hidden."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import fs.errors
+        import fs.osfs
+    return fs.errors, fs.osfs
+
+
+def sizes_to_copy(config: Config) -> list[int]:
+    """Sizes of the archives a sync would copy at most (for `refusal_reason` before mount)."""
+    return [a.size for a in local_archives(config)[: config.usb.keep]]
+
+
+def precheck(config: Config, partition: Partition) -> str | None:
+    """The pre-mount refusal reason for a labelled partition, or None: the agent's one call."""
+    return refusal_reason(partition, config.usb, sizes_to_copy(config))
+
+
+# --- the sync -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What a sync has done so far, so a failure summary can say it truthfully."""
+
+    stick: str
+    label: str
+    uuid: str
+    started: float = field(default_factory=time.monotonic)
+    copied: list[str] = field(default_factory=list)
+    copied_bytes: int = 0
+    pruned: list[str] = field(default_factory=list)
+    audit: Audit | None = None
+    planned: int = 0
+    free_bytes: int | None = None
+    holds: tuple[str, ...] | None = None
+
+    def details(self) -> dict[str, Any]:
+        audit = self.audit
+        return {
+            "label": self.label,
+            "uuid": self.uuid,
+            "copied": list(self.copied),
+            "bytes": self.copied_bytes,
+            "verified": len(self.copied) + (len(audit.verified) if audit else 0),
+            "replaced": list(audit.replaced) if audit else [],
+            "corrupt": list(audit.corrupt) if audit else [],
+            "unverifiable": list(audit.unverifiable) if audit else [],
+            "pruned": list(self.pruned),
+            "free_bytes": self.free_bytes,
+            "archives": list(self.holds or ()),
+            "duration": round(time.monotonic() - self.started, 3),
+        }
+
+
+def human(n: int | None) -> str:
+    """Bytes for people: 1.2 GB (decimal units, as stick vendors print them)."""
+    if n is None:
+        return "? bytes"
+    size = float(n)
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def sync_mounted(
+    config: Config,
+    mountpoint: Path,
+    partition: Partition | None,
+    cancel: threading.Event,
+    progress: ProgressCallback | None = None,
+) -> Outcome:
+    """Bring the stick mounted at `mountpoint` up to date; record and return the outcome.
+
+    Blocking (the agent calls it in a worker thread). Returns kind "sync" (ok or not) or
+    "refused"; it never raises for stick or I/O problems. When `cancel` is set it stops
+    within about a second, leaving no `.partial` behind when the stick still allows it.
+    """
+    partition = partition or facts_at(mountpoint)
+    run = _Run(
+        stick=describe(partition) if partition else f"the stick at {mountpoint}",
+        label=(partition.label or partition.part_name) if partition else "",
+        uuid=partition.uuid if partition else "",
+    )
+    try:
+        outcome = _sync(config, mountpoint, run, cancel, progress)
+    except StickRefused as exc:
+        outcome = _refused(run, str(exc))
+    except Cancelled:
+        outcome = _failed(run, "stopped before it finished (usbagent is shutting down)")
+    except DeviceFailed as exc:
+        outcome = _failed(run, str(exc))
+    except VerifyFailed as exc:
+        outcome = _failed(run, f"verification failed, the bad copy was deleted: {exc}")
+    except OSError as exc:
+        outcome = _failed(run, _cause(exc, config.archive.destination))
+    except Exception as exc:  # a bug must still end as a recorded failure, never silence
+        log.exception("stick sync failed unexpectedly")
+        outcome = _failed(run, f"internal error: {exc!r} (please report it)")
+    _record(config, run, outcome)
+    return outcome
+
+
+def _sync(
+    config: Config,
+    mountpoint: Path,
+    run: _Run,
+    cancel: threading.Event,
+    progress: ProgressCallback | None,
+) -> Outcome:
+    prefix = config.archive_prefix
+    local = local_archives(config)
+    with StickFolder(mountpoint, config.usb.directory, prefix) as folder:
+        files = folder.scan()
+        if folder.remove_partials(files):
+            files = folder.scan()
+        run.audit = folder.audit(files, {a.name: a for a in local}, cancel)
+        run.free_bytes = folder.free_bytes()
+        plan = plan_sync(local, run.audit.present, run.free_bytes, config.usb.keep, prefix)
+        if isinstance(plan, Refusal):
+            run.holds = tuple(f.name for f in run.audit.present)
+            return _refused(run, plan.reason)
+        run.planned = len(plan.copy)
+        _carry_out(config, folder, plan, run, cancel, progress)
+        run.free_bytes = folder.free_bytes()
+    gone = set(run.pruned)
+    kept = [f.name for f in run.audit.present if f.name not in gone]
+    run.holds = tuple(sorted({*kept, *run.copied}, reverse=True))
+    return _finished(run, config, have_local=bool(local))
+
+
+def _carry_out(
+    config: Config,
+    folder: StickFolder,
+    plan: SyncPlan,
+    run: _Run,
+    cancel: threading.Event,
+    progress: ProgressCallback | None,
+) -> None:
+    """Copy newest first; prune only after all copies verified, unless space forces earlier."""
+    assert run.audit is not None
+    sizes = {f.name: f.size for f in run.audit.present}
+    waiting = [(name, sizes[name]) for name in plan.prune]
+    for index, archive in enumerate(plan.copy, 1):
+        for name in space_to_free(folder.free_bytes(), archive.size, waiting):
+            _prune(folder, name, run, waiting)
+        log.info("copying %s (%s) to %s", archive.name, human(archive.size), run.stick)
+        on_chunk = _reporter(progress, index, plan, archive.name, run.copied_bytes)
+        folder.copy_in(config.archive.destination / archive.name, archive, cancel, on_chunk)
+        run.copied.append(archive.name)
+        run.copied_bytes += archive.size
+    for name, _ in list(waiting):
+        _prune(folder, name, run, waiting)
+
+
+def _reporter(
+    progress: ProgressCallback | None, index: int, plan: SyncPlan, name: str, base: int
+) -> Callable[[int], None]:
+    """Turn the copier's per-file byte count into whole-sync Progress."""
+
+    def on_chunk(done: int) -> None:
+        if progress is None:
+            return
+        try:
+            progress(Progress(index, len(plan.copy), name, base + done, plan.bytes_to_copy))
+        except Exception:  # a broken progress display must not break the backup
+            log.exception("progress callback failed")
+
+    return on_chunk
+
+
+def _prune(folder: StickFolder, name: str, run: _Run, waiting: list[tuple[str, int]]) -> None:
+    folder.remove(name)
+    run.pruned.append(name)
+    waiting[:] = [w for w in waiting if w[0] != name]
+
+
+# --- outcomes -----------------------------------------------------------------------------
+
+
+def _finished(run: _Run, config: Config, have_local: bool) -> Outcome:
+    audit = run.audit
+    assert audit is not None
+    verified = len(run.copied) + len(audit.verified)
+    tail = f"{human(run.free_bytes)} free; safe to remove after unmount"
+    notes = []
+    if audit.replaced:
+        notes.append(f"replaced {len(audit.replaced)} corrupt copy(ies)")
+    if run.pruned:
+        notes.append(f"pruned {len(run.pruned)} old")
+    if audit.unverifiable:
+        notes.append(f"{len(audit.unverifiable)} old copy(ies) without a checksum to verify")
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    if audit.corrupt:
+        return _failed(
+            run,
+            f"copies on the stick are corrupt and no longer exist here to replace them: "
+            f"{', '.join(audit.corrupt)} (the stick may be failing: replace it, or delete "
+            "those files to accept the loss)",
+        )
+    if not have_local:
+        return _failed(
+            run,
+            f"no archives in {config.archive.destination} to copy (has `usbagent archive` run?)",
+        )
+    if run.copied:
+        summary = (
+            f"copied {len(run.copied)} archive(s) ({human(run.copied_bytes)}) to {run.stick}, "
+            f"verified{extra}; {tail}"
+        )
+    else:
+        summary = f"{run.stick} is up to date, {verified} archive(s) verified{extra}; {tail}"
+    return Outcome(kind="sync", ok=True, summary=summary, details=run.details())
+
+
+def _failed(run: _Run, cause: str) -> Outcome:
+    if len(run.copied) < run.planned:
+        done = f"; {len(run.copied)} of {run.planned} archive(s) copied before that"
+    elif run.copied:
+        done = f"; the {len(run.copied)} new archive(s) were copied and verified"
+    else:
+        done = ""
+    return Outcome(
+        kind="sync",
+        ok=False,
+        summary=f"sync to {run.stick} failed: {cause}{done}",
+        details={**run.details(), "error": cause},
+    )
+
+
+def _refused(run: _Run, reason: str) -> Outcome:
+    return Outcome(
+        kind="refused",
+        ok=False,
+        summary=f"{run.stick} refused: {reason}",
+        details={**run.details(), "reason": reason},
+    )
+
+
+def refused_outcome(partition: Partition, reason: str) -> Outcome:
+    """A pre-mount refusal as an Outcome (for the agent and `usbagent sync`)."""
+    run = _Run(describe(partition), partition.label or partition.part_name, partition.uuid)
+    return _refused(run, reason)
+
+
+def record_refusal(config: Config, partition: Partition, reason: str) -> Outcome:
+    """Record a pre-mount refusal in the state dir and the stick's ledger; return it."""
+    outcome = refused_outcome(partition, reason)
+    ledger_update(config, partition.uuid, outcome.details["label"], outcome)
+    state.record(config.agent, outcome)
+    return outcome
+
+
+def _record(config: Config, run: _Run, outcome: Outcome) -> None:
+    ledger_update(config, run.uuid, run.label, outcome)
+    state.record(config.agent, outcome)
+
+
+def ledger_update(config: Config, uuid: str, label: str, outcome: Outcome) -> None:
+    """Write the outcome into the stick's ledger (sticks without a UUID have none)."""
+    if not uuid:
+        return
+    d = outcome.details
+    holds = tuple(d["archives"]) if d.get("archives") else None
+    if outcome.ok:
+        newest = holds[0] if holds else ""
+        ledger.record_ok(config.agent.state_dir, uuid, label, holds or (), d["free_bytes"], newest)
+    else:
+        ledger.record_error(
+            config.agent.state_dir, uuid, label, outcome.summary, holds, d.get("free_bytes")
+        )
+
+
+_CAUSES = {
+    errno.ENOSPC: "the stick is full (no space left on device)",
+    errno.EDQUOT: "the stick is full (disk quota exceeded)",
+    errno.EROFS: "the stick's filesystem is read-only (the kernel remounts it so after an "
+    "error; check the stick with fsck, or replace it)",
+    errno.EIO: "I/O error on the stick (it is failing or was pulled out)",
+    errno.ENODEV: "the stick disappeared (pulled out?)",
+    errno.ENXIO: "the stick disappeared (pulled out?)",
+    errno.ESTALE: "the stick disappeared (pulled out?)",
+    errno.ENOTCONN: "the stick disappeared (pulled out?)",
+}
+
+
+def _cause(exc: OSError, destination: Path) -> str:
+    """One line for a person: what broke, in their terms, and where."""
+    where = str(exc.filename or "")
+    if where.startswith(str(destination)):
+        return f"cannot read the local archives at {where}: {exc.strerror or exc}"
+    if exc.errno == errno.ENOENT:
+        return "the stick disappeared or its folder was removed during the copy"
+    base = _CAUSES.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"{base} [{where}]" if where and exc.errno not in _CAUSES else base
+
+
+# --- `usbagent sync MOUNTPOINT` -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mountpoint: str
+    source: str
+    fstype: str
+    devnum: tuple[int, int]
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    """/proc/self/mountinfo lines as entries, in mount order (pure)."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if "-" not in fields[6:]:
+            continue
+        sep = fields.index("-", 6)
+        major, minor = (int(x) for x in fields[2].split(":"))
+        entries.append(
+            MountEntry(
+                mountpoint=_OCTAL.sub(lambda m: chr(int(m[1], 8)), fields[4]),
+                source=_OCTAL.sub(lambda m: chr(int(m[1], 8)), fields[sep + 2]),
+                fstype=fields[sep + 1],
+                devnum=(major, minor),
+            )
+        )
+    return entries
+
+
+def mount_at(path: Path, mountinfo: str) -> MountEntry | None:
+    """The filesystem mounted on exactly `path` (the topmost, if stacked), or None (pure)."""
+    matches = [e for e in parse_mountinfo(mountinfo) if e.mountpoint == str(path)]
+    return matches[-1] if matches else None
+
+
+def _find_mount(raw: str) -> tuple[Path, MountEntry]:
+    path = Path(os.path.realpath(raw))
+    entry = mount_at(path, Path("/proc/self/mountinfo").read_text())
+    if not path.is_dir():
+        raise UsbagentError(f"{raw} is not a folder; pass the mount point of the stick")
+    if not os.path.ismount(path) or entry is None:
+        raise UsbagentError(
+            f"{raw} is not a mount point; mount the stick there first (copying to a plain "
+            "folder would fill this disk instead of the stick)"
+        )
+    return path, entry
+
+
+def facts_for_mount(mountpoint: Path, entry: MountEntry) -> Partition:
+    """Label, GPT name, UUID, type and bus of the device mounted at `mountpoint`."""
+    major, minor = entry.devnum
+    extra = {"ID_FS_TYPE": entry.fstype, "MAJOR": str(major), "MINOR": str(minor)}
+    return facts_for_device(entry.source, extra, {entry.devnum: (str(mountpoint),)})
+
+
+def facts_for_device(
+    device: str,
+    defaults: dict[str, str] | None = None,
+    mounts: dict[tuple[int, int], tuple[str, ...]] | None = None,
+) -> Partition:
+    """A partition's facts from the udev database (what the agent's udev backend sees),
+    completed by blkid when udev has no filesystem facts (udevd not running)."""
+    from usbagent import udev  # deferred: pyudev is only needed here and in the agent
+
+    props, size, sys_path, drive = _udev_props(device)
+    if not props.get("ID_FS_TYPE"):
+        props.update(_blkid(device))
+    for key, value in {"DEVNAME": device, **(defaults or {})}.items():
+        props.setdefault(key, value)
+    return udev.facts_from_udev(sys_path or device, props, size, drive, mounts or {})
+
+
+def facts_at(mountpoint: Path) -> Partition | None:
+    """Facts of the filesystem mounted exactly at `mountpoint`, or None if nothing is."""
+    entry = mount_at(mountpoint, Path("/proc/self/mountinfo").read_text())
+    return facts_for_mount(mountpoint, entry) if entry else None
+
+
+def _udev_props(device: str) -> tuple[dict[str, str], int, str, str]:
+    import pyudev
+
+    try:
+        dev = pyudev.Devices.from_device_file(pyudev.Context(), device)
+    except (pyudev.DeviceNotFoundError, ValueError, OSError):
+        return {}, 0, "", ""
+    props = {k: str(dev.properties[k]) for k in dev.properties}
+    try:
+        size = int(dev.attributes.asint("size")) * 512
+    except (KeyError, ValueError):
+        size = 0
+    parent = dev.find_parent("block", "disk")
+    if any(a.subsystem == "usb" for a in dev.ancestors) and not props.get("ID_BUS"):
+        props["ID_BUS"] = "usb"
+    return props, size, str(dev.sys_path), str(parent.sys_path) if parent is not None else ""
+
+
+def _blkid(device: str) -> dict[str, str]:
+    try:
+        out = subprocess.run(
+            ["blkid", "-p", "-o", "export", device],
+            capture_output=True, text=True, timeout=30, check=False,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    keys = {"LABEL": "ID_FS_LABEL", "UUID": "ID_FS_UUID", "TYPE": "ID_FS_TYPE",
+            "PART_ENTRY_NAME": "ID_PART_ENTRY_NAME"}  # fmt: skip
+    pairs = (line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {keys[k]: v for k, v in pairs if k in keys}
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    """`usbagent sync MOUNTPOINT`: the agent's sync, on a stick mounted by someone else."""
+    mountpoint, entry = _find_mount(args.mountpoint)
+    partition = facts_for_mount(mountpoint, entry)
+    if not label_matches(partition, config.usb):
+        shown = " / ".join(x for x in (partition.label, partition.part_name) if x) or "no label"
+        raise UsbagentError(
+            f"{mountpoint} ({partition.device}, {shown}) is not a backup stick: its label or "
+            f"GPT partition name must be one of usb.labels ({', '.join(config.usb.labels)})"
+        )
+    reason = precheck(config, partition)
+    if reason is not None:
+        outcome = record_refusal(config, partition, reason)
+        print(f"usbagent sync: {outcome.summary}", file=sys.stderr)
+        return 1
+    cancel = threading.Event()
+    with _cancel_on_signals(cancel):
+        outcome = sync_mounted(config, mountpoint, partition, cancel, _print_progress())
+    print(outcome.summary, file=sys.stdout if outcome.ok else sys.stderr)
+    return 0 if outcome.ok else 1
+
+
+@contextmanager
+def _cancel_on_signals(cancel: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT stop the copy cleanly (partials removed) instead of killing mid-write."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        cancel.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _print_progress() -> ProgressCallback | None:
+    """A one-line progress display on a terminal; nothing when run by a script or a unit."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(p: Progress) -> None:
+        pct = 100 * p.done_bytes // max(p.total_bytes, 1)
+        print(f"\r[{p.index}/{p.total}] {p.name} {pct}%", end="", file=sys.stderr, flush=True)
+        if p.done_bytes == p.total_bytes:
+            print(file=sys.stderr)
+
+    return show

@@ -1,0 +1,212 @@
+"""udev event source (pyudev) with mount(8)/umount(8), for machines without UDisks2.
+
+The netlink monitor's socket sits on the asyncio loop (`add_reader`): no polling thread, and
+a closed socket is visible to `alive()`. The monitor is started BEFORE the snapshot is
+listed, so a stick plugged during start-up is seen by one or the other (or both: the diff in
+`backend.emit` makes a repeat harmless).
+
+Power-off is deliberately not done here: without UDisks2 it would mean deleting the SCSI
+device through sysfs and switching the USB port off by hand, which we cannot test here and
+which could hit the wrong device if done wrongly. The stick is synced and unmounted, which
+is what makes it safe to pull; the log and the outcome say that power-off was skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from pathlib import Path
+
+import pyudev
+
+from usbagent.backend import DeviceError, EventQueue, emit
+from usbagent.devices import Partition
+
+log = logging.getLogger(__name__)
+
+MOUNT_BASE = Path("/run/usbagent/mnt")
+MOUNT_OPTIONS = "nosuid,nodev,noexec"
+TOOL_TIMEOUT = 120.0
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    return _ESCAPE.sub(lambda m: chr(int(m[1], 8)), field)
+
+
+def mountpoints_by_devnum(mountinfo: str) -> dict[tuple[int, int], tuple[str, ...]]:
+    """Parse /proc/self/mountinfo: (major, minor) -> mount points, in mount order (pure)."""
+    out: dict[tuple[int, int], tuple[str, ...]] = {}
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 5 or ":" not in fields[2]:
+            continue
+        major, minor = (int(x) for x in fields[2].split(":"))
+        out[(major, minor)] = (*out.get((major, minor), ()), _unescape(fields[4]))
+    return out
+
+
+def _read_mounts() -> dict[tuple[int, int], tuple[str, ...]]:
+    return mountpoints_by_devnum(Path("/proc/self/mountinfo").read_text())
+
+
+def is_candidate(props: dict[str, str]) -> bool:
+    """Partitions, and whole disks carrying a filesystem directly (pure)."""
+    return props.get("DEVTYPE") == "partition" or (
+        props.get("DEVTYPE") == "disk" and props.get("ID_FS_USAGE") == "filesystem"
+    )
+
+
+def facts_from_udev(
+    sys_path: str,
+    props: dict[str, str],
+    size: int,
+    drive: str,
+    mounts: dict[tuple[int, int], tuple[str, ...]],
+) -> Partition:
+    """A Partition from a udev property set (pure: every input is passed in)."""
+    devnum = (int(props.get("MAJOR", "-1")), int(props.get("MINOR", "-1")))
+    device = props.get("DEVNAME", "")
+    bus = props.get("ID_BUS", "")
+    if not bus and Path(sys_path).name.startswith("loop"):
+        bus = "loop"
+    return Partition(
+        key=sys_path,
+        device=device,
+        label=props.get("ID_FS_LABEL", ""),
+        part_name=props.get("ID_PART_ENTRY_NAME", ""),
+        uuid=props.get("ID_FS_UUID", "").lower(),
+        fstype=props.get("ID_FS_TYPE", ""),
+        size=size,
+        bus=bus,
+        drive=drive,
+        mountpoints=mounts.get(devnum, ()),
+    )
+
+
+def _facts(device: pyudev.Device) -> Partition | None:
+    props = {k: str(device.properties[k]) for k in device.properties}
+    if not is_candidate(props):
+        return None
+    try:
+        size = int(device.attributes.asint("size")) * 512  # sysfs counts 512-byte sectors
+    except (KeyError, ValueError):
+        size = 0
+    parent = device.find_parent("block", "disk") if props.get("DEVTYPE") == "partition" else None
+    drive = str(parent.sys_path) if parent is not None else str(device.sys_path)
+    return facts_from_udev(str(device.sys_path), props, size, drive, _read_mounts())
+
+
+async def _run(*argv: str) -> None:
+    """Run a tool; a non-zero exit becomes DeviceError with its stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(TOOL_TIMEOUT):
+            _, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise DeviceError(f"{' '.join(argv)}: no answer after {TOOL_TIMEOUT:.0f} s") from None
+    if proc.returncode != 0:
+        text = err.decode(errors="replace").strip().replace("\n", "; ")
+        raise DeviceError(f"{' '.join(argv)} failed (exit {proc.returncode}): {text}")
+
+
+class UdevBackend:
+    name = "udev"
+
+    def __init__(self, mount_base: Path = MOUNT_BASE) -> None:
+        self._mount_base = mount_base
+        self._context = pyudev.Context()
+        self._monitor: pyudev.Monitor | None = None
+        self._queue: EventQueue | None = None
+        self._known: dict[str, Partition] = {}
+        self._ours: dict[str, Path] = {}  # key -> mount point we created (removed on unmount)
+
+    async def start(self, queue: EventQueue) -> None:
+        self._queue = queue
+        monitor = pyudev.Monitor.from_netlink(self._context, source="udev")
+        monitor.filter_by("block")
+        monitor.start()
+        self._monitor = monitor
+        asyncio.get_running_loop().add_reader(monitor.fileno(), self._on_readable)
+        for device in self._context.list_devices(subsystem="block"):
+            emit(queue, self._known, str(device.sys_path), _facts(device))
+
+    def _on_readable(self) -> None:
+        assert self._monitor is not None and self._queue is not None
+        while (device := self._monitor.poll(timeout=0)) is not None:
+            key = str(device.sys_path)
+            new = None if device.action == "remove" else _facts(device)
+            emit(self._queue, self._known, key, new)
+
+    def alive(self) -> bool:
+        if self._monitor is None:
+            return False
+        try:
+            os.fstat(self._monitor.fileno())
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def _current_mounts(self, partition: Partition) -> tuple[str, ...]:
+        st = Path(partition.device).stat()
+        return _read_mounts().get((os.major(st.st_rdev), os.minor(st.st_rdev)), ())
+
+    async def mount(self, partition: Partition) -> Path:
+        try:
+            existing = self._current_mounts(partition)
+        except OSError as exc:
+            raise DeviceError(f"{partition.device} is gone ({exc.strerror})") from exc
+        if existing:
+            log.info("%s already mounted at %s; using that", partition.device, existing[0])
+            return Path(existing[0])
+        name = partition.uuid or Path(partition.device).name
+        target = self._mount_base / name
+        self._mount_base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target.mkdir(mode=0o700, exist_ok=True)
+        fstype = ["-t", partition.fstype] if partition.fstype else []
+        try:
+            await _run("mount", *fstype, "-o", MOUNT_OPTIONS, partition.device, str(target))
+        except DeviceError:
+            with contextlib.suppress(OSError):
+                target.rmdir()
+            raise
+        self._ours[partition.key] = target
+        return target
+
+    async def unmount(self, partition: Partition) -> None:
+        target = self._ours.pop(partition.key, None)
+        try:
+            mounted = self._current_mounts(partition)
+        except OSError:  # device node gone (stick pulled): only our own mount can be left
+            if target is not None and target.is_mount():
+                await _run("umount", "--lazy", str(target))  # the kernel keeps it otherwise
+            mounted = ()
+        for point in mounted:
+            await _run("umount", point)
+        if target is not None:
+            with contextlib.suppress(OSError):
+                target.rmdir()
+
+    async def power_off(self, partition: Partition) -> bool:
+        log.info(
+            "%s: power-off skipped (needs UDisks2); it is unmounted and safe to remove",
+            partition.device,
+        )
+        return False
+
+    async def close(self) -> None:
+        if self._monitor is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._monitor.fileno())
+            self._monitor = None

@@ -1,0 +1,173 @@
+"""`usbagent notify-failure UNIT`: records and reports that a usbagent unit failed.
+
+Two hooks run it, both installed by `usbagent install`:
+- OnFailure= of every usbagent unit: a unit of its own, so it works whatever broke the
+  failed one (a missing ExecStart, a sandbox that could not be set up). It asks systemd
+  why the unit failed. systemd 252 starts it only when the unit finally fails: for the
+  agent (Restart=on-failure) that is when the start limit stops the restarts.
+- ExecStopPost= of the agent: every run that ends badly (a hang killed by the watchdog,
+  a crash) even when systemd restarts it, read from $SERVICE_RESULT/$EXIT_CODE/$EXIT_STATUS.
+Either way it records Outcome(kind="unit-failed") for `usbagent status`, then asks the
+notifier to tell a person. It uses nothing of the failed program but the config, and
+still records (with default paths) when the config itself is what is broken.
+
+Scope: the OnFailure hook asks the manager that started it. Under a user manager systemd
+sets $MANAGERPID; $USBAGENT_SYSTEMD_SCOPE=user|system overrides the detection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Mapping
+
+from usbagent import state
+from usbagent.config import Config
+from usbagent.events import Outcome
+
+log = logging.getLogger(__name__)
+
+PROPERTIES = ("Result", "ExecMainCode", "ExecMainStatus", "ActiveState", "NRestarts", "ExecStart")
+
+# systemd.exec(5) "Process exit codes": set by systemd itself before the program ran.
+EXIT_CODES = {
+    200: ("CHDIR", "cannot enter its WorkingDirectory"),
+    203: ("EXEC", "cannot run {path}: not found or not executable"),
+    217: ("USER", "its User= does not exist"),
+    218: ("CAPABILITIES", "cannot set its capabilities"),
+    226: ("NAMESPACE", "its sandbox could not be set up (a ReadWritePaths= folder missing?)"),
+    228: ("SECCOMP", "its system call filter could not be applied"),
+    233: ("RUNTIME_DIRECTORY", "cannot create its RuntimeDirectory"),
+    238: ("STATE_DIRECTORY", "cannot create its StateDirectory"),
+    243: ("CREDENTIALS", "cannot load its credentials"),
+}
+RESULTS = {
+    "watchdog": "stopped answering its watchdog (hung) and was killed",
+    "start-limit-hit": "restarted too often; systemd gave up restarting it",
+    "timeout": "did not start or stop in time",
+    "oom-kill": "was killed for running out of memory",
+    "resources": "could not get its resources (sandbox paths, sockets)",
+    "core-dump": "crashed (core dump)",
+    "protocol": "broke the service protocol (no READY=1?)",
+}
+# ExecMainCode is a siginfo si_code: CLD_EXITED, CLD_KILLED, CLD_DUMPED.
+CLD_EXITED = "1"
+EXIT_CODES_BY_NAME = {"exited": CLD_EXITED, "killed": "2", "dumped": "3"}
+
+
+def user_scope(env: Mapping[str, str]) -> bool:
+    explicit = env.get("USBAGENT_SYSTEMD_SCOPE", "").strip().lower()
+    if explicit in ("user", "system"):
+        return explicit == "user"
+    return "MANAGERPID" in env
+
+
+def parse_show(text: str) -> dict[str, str]:
+    """`systemctl show` output (Key=Value lines) as a dict."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def _signal_name(value: str) -> str:
+    """SIGABRT from "6" (systemctl show) or "ABRT" ($EXIT_STATUS)."""
+    try:
+        return (
+            signal.Signals(int(value)).name
+            if value.isdigit()
+            else signal.Signals["SIG" + value].name
+        )
+    except (ValueError, KeyError):
+        return f"signal {value}"
+
+
+def describe(unit: str, props: Mapping[str, str]) -> str:
+    """One human line saying why `unit` failed, from its `systemctl show` properties."""
+    result = props.get("Result", "")
+    code, status = props.get("ExecMainCode", ""), props.get("ExecMainStatus", "")
+    match = re.search(r"path=([^;]+?) ;", props.get("ExecStart", ""))
+    path = match.group(1) if match else "its ExecStart"
+    if code == CLD_EXITED and status.isdigit() and int(status) in EXIT_CODES:
+        name, why = EXIT_CODES[int(status)]
+        reason = f"{why.format(path=path)} (status {status}/{name})"
+    elif result in RESULTS:
+        reason = RESULTS[result]
+    elif code == CLD_EXITED and status not in ("", "0"):
+        reason = f"exited with status {status}"
+    elif code and code != CLD_EXITED and status:
+        reason = f"killed by {_signal_name(status)}"
+    else:
+        reason = f"result {result or 'unknown'}"
+    return f"{unit} failed: {reason}"
+
+
+def query(unit: str, user: bool) -> tuple[dict[str, str], str]:
+    """The unit's properties from its manager, or ({}, why not) when it cannot be asked."""
+    cmd = ["systemctl", *(["--user"] if user else []), "show", unit]
+    cmd.append("--property=" + ",".join(PROPERTIES))
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {}, f"systemctl show failed: {exc}"
+    if done.returncode != 0:
+        return {}, f"systemctl show failed: {done.stderr.strip() or done.returncode}"
+    return parse_show(done.stdout), ""
+
+
+def props_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The `systemctl show` properties that an ExecStopPost= command gets as $SERVICE_RESULT,
+    $EXIT_CODE and $EXIT_STATUS (systemd.exec(5))."""
+    return {
+        "Result": env.get("SERVICE_RESULT", ""),
+        "ExecMainCode": EXIT_CODES_BY_NAME.get(env.get("EXIT_CODE", ""), ""),
+        "ExecMainStatus": env.get("EXIT_STATUS", ""),
+    }
+
+
+def outcome_for(unit: str, env: Mapping[str, str]) -> Outcome | None:
+    """What to record for `unit`, or None for a clean stop.
+
+    As the unit's own ExecStopPost= the hook gets the result in its environment (the unit
+    is still stopping, so `systemctl show` would not have it yet); as an OnFailure= unit
+    it asks the manager.
+    """
+    if "SERVICE_RESULT" in env:
+        if env["SERVICE_RESULT"] == "success":
+            return None
+        props = props_from_env(env)
+        details = {"unit": unit, "via": "ExecStopPost", **props}
+        return Outcome("unit-failed", ok=False, summary=describe(unit, props), details=details)
+    user = user_scope(env)
+    props, problem = query(unit, user)
+    summary = describe(unit, props) + (f" ({problem})" if problem else "")
+    restarts = props.get("NRestarts", "0")
+    if restarts not in ("", "0"):  # the ExecStopPost hook reported each run; this is final
+        summary += f"; systemd stopped restarting it after {restarts} restarts"
+    journal = f"journalctl {'--user ' if user else ''}-u {unit}"
+    details = {"unit": unit, "via": "OnFailure", "scope": "user" if user else "system"}
+    details |= {"journal": journal, **props}
+    return Outcome("unit-failed", ok=False, summary=summary, details=details)
+
+
+def run(config: Config | None, args: argparse.Namespace) -> int:
+    if config is None:  # the config is broken (the CLI said why): record with the defaults
+        config = Config()
+    outcome = outcome_for(args.unit, os.environ)
+    if outcome is None:
+        return 0
+    log.error("%s", outcome.summary)
+    try:
+        state.record(config.agent, outcome)
+        recorded = True
+    except OSError as exc:
+        log.error("cannot record the failure in %s: %s", config.agent.state_dir, exc)
+        recorded = False
+    try:
+        from usbagent import notify  # deferred: only a failure pays for the D-Bus stack
+
+        notify.send_once(config, outcome)
+    except Exception:  # the record is what matters; a notifier bug must not hide it
+        log.exception("could not deliver the failure notification")
+    return 0 if recorded else 1
