@@ -6,9 +6,12 @@ PYTHON  ?= python3
 BIN     := $(VENV)/bin
 # Debian packages the tests and the demo use: the real device stack, filesystems,
 # and the standard tools archives must stay compatible with (prometheus: for promtool,
-# which validates the metrics textfile).
+# which validates the metrics textfile; dunst + xvfb: a real notification server;
+# openssh-client: ssh-keygen for ssh recipients; libarchive-tools: bsdtar, a real non-GNU
+# tar that archive preflight must refuse).
 APT_PACKAGES := udev udisks2 dbus policykit-1 parted util-linux kmod e2fsprogs xfsprogs \
-	btrfs-progs dosfstools exfatprogs age zstd pigz python3-venv prometheus
+	btrfs-progs dosfstools exfatprogs age zstd pigz python3-venv prometheus dunst xvfb \
+	openssh-client libarchive-tools
 
 .PHONY: deps system-deps demo test lint check bench clean stack-up stack-down stack-status
 

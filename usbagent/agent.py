@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-STOP_BUDGET = 4.0  # seconds for cancelled syncs to wind down and unmount (SIGTERM: exit < 5 s)
+STOP_BUDGET = 4.0  # seconds from SIGTERM to exit: syncs wind down, unmount, publish (< 5 s)
 TICK_MAX = 10.0  # heartbeat/watchdog period when systemd asks for none (or a longer one)
 FRESHNESS_PERIOD = 300.0  # how often to look for a stale newest archive
 LAG_PROBE = 0.1  # loop-lag probe period
@@ -151,7 +151,7 @@ class Agent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self.stop)
         notifier = await self._start_notifier()
         try:
             await self.backend.start(self.queue)
@@ -173,6 +173,10 @@ class Agent:
             await self._close_notifier(notifier)
         return 0
 
+    def stop(self) -> None:
+        """Ask `run` to shut down as on SIGTERM (for in-process use: the demo, tests)."""
+        self._stop.set()
+
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -185,6 +189,8 @@ class Agent:
             log.error("internal task failed", exc_info=task.exception())
 
     async def _shutdown(self) -> None:
+        """Cancel syncs, let them remove their partials and unmount, within the stop budget."""
+        deadline = time.monotonic() + STOP_BUDGET
         self.watchdog.stopping()
         self.watchdog.extend_timeout(STOP_BUDGET + 5)
         self._set_status("stopping")
@@ -193,16 +199,17 @@ class Agent:
             job.cancel.set()
         if jobs:
             log.info("cancelling %d sync(s) in progress", len(jobs))
-            _, late = await asyncio.wait(jobs, timeout=STOP_BUDGET)
+            # keep one second for publishing and closing after the jobs
+            _, late = await asyncio.wait(jobs, timeout=max(0.1, deadline - 1 - time.monotonic()))
             for task in late:
+                log.error("a sync did not stop in time; leaving it (its stick may stay mounted)")
                 task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=1.0)
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=0.3)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
+            async with asyncio.timeout(max(0.1, deadline - 0.5 - time.monotonic())):
                 await self.bus.drain()
 
     async def _start_notifier(self) -> Any:
@@ -224,7 +231,7 @@ class Agent:
         if notifier is None:
             return
         try:
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(0.5):
                 await notifier.close()
         except Exception:
             log.exception("closing desktop notifications failed")
@@ -329,6 +336,8 @@ class Agent:
                     job.pulled = True
                     job.cancel.set()
             return
+        if action == "changed" and p.key not in self.present:
+            return  # a device we consider removed comes back only with a new "added"
         self.present[p.key] = p
         self._consider(p)
 
@@ -466,7 +475,7 @@ class Agent:
         p = job.partition
         job.status = f"unmounting {describe(p)}"
         self._update_status()
-        await asyncio.to_thread(os.sync)
+        await in_thread(os.sync)  # a daemon thread: a hung stick cannot block our exit
         try:
             await self.backend.unmount(p)
         except (DeviceError, TimeoutError) as exc:

@@ -81,8 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# argparse binds an nargs="*" positional before it sees later options, so names after the
+# options (`restore A --identity K --to D MEMBER...`) come back unrecognised: give them to it.
+TRAILING_POSITIONALS = {"restore": "members", "verify": "paths"}
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    dest = TRAILING_POSITIONALS.get(args.command)
+    if extra and dest and not any(e.startswith("-") for e in extra):
+        setattr(args, dest, [*getattr(args, dest), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,

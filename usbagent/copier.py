@@ -83,6 +83,8 @@ class StickFolder:
     def __init__(self, mountpoint: Path, directory: str, prefix: str) -> None:
         self.path = mountpoint / directory
         self.prefix = prefix
+        if not os.path.ismount(mountpoint):  # never fill the disk under an absent stick
+            raise OSError(errno.ENODEV, "nothing is mounted there any more", str(mountpoint))
         self._root = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             self.fd = self._open_folder(directory)
@@ -286,7 +288,10 @@ class StickFolder:
                     _send(src.fileno(), out, archive.size, cancel, on_chunk)
                     os.fsync(out)
                 except OSError as exc:
-                    raise self._explain_enospc(exc) from exc
+                    explained = self._explain_enospc(exc)
+                    if explained is exc:
+                        raise
+                    raise explained from exc
                 finally:
                     os.close(out)
                 digest = self.sha256(partial, cancel)

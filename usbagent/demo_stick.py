@@ -7,16 +7,26 @@ the body fails. Needs root.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
+import logging
 import os
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from usbagent.config import Config
 from usbagent.errors import UsbagentError
+from usbagent.events import Outcome
+from usbagent.naming import SIDECAR
 
 WAIT_SECONDS = 10.0
+SERVE_TIMEOUT = 120.0
+DEMO_LABEL = "ua-demo"
+Say = Callable[[str], None]
 
 
 def _run(*argv: str) -> str:
@@ -44,7 +54,11 @@ def _wait_for(path: Path) -> None:
 
 
 def make_image(image: Path, label: str, size_mib: int = 64, fstype: str = "ext4") -> str:
-    """A GPT image with one partition named and labelled `label`; returns the fs UUID."""
+    """A GPT image with one partition named and labelled `label`; returns the fs UUID.
+
+    ext4 labels hold 16 bytes; a longer label is left to the GPT partition name, which the
+    agent matches as well.
+    """
     with image.open("wb") as f:
         f.truncate(size_mib * 1024 * 1024)
     _run("parted", "-s", str(image), "mklabel", "gpt", "mkpart", label, fstype, "1MiB", "100%")
@@ -52,8 +66,7 @@ def make_image(image: Path, label: str, size_mib: int = 64, fstype: str = "ext4"
         _run(
             f"mkfs.{fstype}",
             *(["-q", "-F"] if fstype == "ext4" else ["-f"]),
-            "-L",
-            label,
+            *(["-L", label] if len(label.encode()) <= 16 else []),
             f"{loop}p1",
         )
         uuid = _run("blkid", "-p", "-o", "value", "-s", "UUID", f"{loop}p1").lower()
@@ -66,9 +79,11 @@ def attached(image: Path, settle: bool = True) -> Iterator[str]:
 
     `settle` waits for udev to finish with it; a latency benchmark wants to start at once.
     """
-    loop = _run("losetup", "--find", "--show", "--partscan", str(image))
+    # No --partscan: on a kernel without GPT support (CONFIG_EFI_PARTITION unset, as on the
+    # test VM) a partscan-enabled loop device loses the partitions partx added whenever udev
+    # re-reads its table (e.g. after losetup's own close-after-write). partx works everywhere.
+    loop = _run("losetup", "--find", "--show", str(image))
     try:
-        # Kernels that scan partition tables made p1 already; partx then fails harmlessly.
         subprocess.run(["partx", "--add", loop], capture_output=True, check=False)
         _wait_for(Path(f"{loop}p1"))
         if settle:
@@ -101,3 +116,83 @@ def detach(loop: str) -> None:
     while backing.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     subprocess.run(["udevadm", "settle", "--timeout=10"], capture_output=True, check=False)
+
+
+# --- the demo's stick step ------------------------------------------------------------------
+
+
+def _demo_config(config: Config) -> Config:
+    """The demo's config as the agent needs it for a loop device: loop devices are not on the
+    USB bus and have no drive to power off. The label is the demo's own, so an agent already
+    running here for real sticks (say "sovereign-backup") leaves the demo stick alone."""
+    label = f"{DEMO_LABEL}-{os.getpid() % 10000}"
+    usb = dataclasses.replace(config.usb, labels=(label,), require_usb=False, power_off=False)
+    return dataclasses.replace(config, usb=usb)
+
+
+async def _serve_once(config: Config, image: Path, say: Say) -> tuple[Outcome, str]:
+    """Start the agent, plug the stick, wait for the sync outcome, stop the agent."""
+    from usbagent import backend as backends
+    from usbagent.agent import Agent
+    from usbagent.watchdog import Watchdog
+
+    agent = Agent(config, await backends.select(config), Watchdog())
+    outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+    agent.bus.subscribe(outcomes.put)
+    runner = asyncio.get_running_loop().create_task(agent.run())
+    try:
+        with attached(image) as loop:  # no need to wait for readiness: the snapshot covers it
+            say(f"    plugged in the stick as {loop}; the agent ({agent.backend.name}) takes over")
+            async with asyncio.timeout(SERVE_TIMEOUT):
+                while (outcome := await outcomes.get()).kind in ("stick-recognised", "stale"):
+                    say(f"    agent: {outcome.summary}")
+            still_mounted = _mounts_of(loop)
+            return outcome, _show_copies(loop, config.usb.directory, still_mounted, say)
+    finally:
+        agent.stop()
+        await runner
+
+
+def _show_copies(loop: str, directory: str, still_mounted: list[str], say: Say) -> str:
+    """Mount the stick read-only, list the copies, check them with sha256sum -c."""
+    if still_mounted:
+        return f"the agent left the stick mounted at {', '.join(still_mounted)}"
+    say(f"    the agent unmounted the stick ({loop}p1 is not mounted any more)")
+    with tempfile.TemporaryDirectory(prefix="usbagent-demo-mnt-") as mnt:
+        _run("mount", "-o", "ro,nosuid,nodev,noexec", f"{loop}p1", mnt)
+        try:
+            folder = Path(mnt) / directory
+            for entry in sorted(folder.iterdir()):
+                say(f"    on the stick: {directory}/{entry.name} ({entry.stat().st_size} bytes)")
+            check = subprocess.run(
+                ["sha256sum", "-c", *sorted(p.name for p in folder.glob("*" + SIDECAR))],
+                cwd=folder, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            for line in check.stdout.splitlines():
+                say(f"    sha256sum -c on the stick: {line}")
+            return "" if check.returncode == 0 else "sha256sum -c found a bad copy on the stick"
+        finally:
+            _run("umount", mnt)
+
+
+def demo_step(config: Config, workdir: Path, say: Say = print) -> str:
+    """The demo's stick step: a loop-device stick served by the agent; shows the copies,
+    their verification and the unmount. Returns the step's line; raises when it failed."""
+    if reason := can_make_sticks():
+        return f"skipped: {reason}"
+    config = _demo_config(config)
+    label = config.usb.labels[0]
+    image = workdir / "demo-stick.img"
+    say(f"    making a 64 MiB loop-device stick labelled {label!r} (ext4)")
+    make_image(image, label)
+    quiet = logging.getLogger("usbagent")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # `say` tells the story; the agent's INFO log repeats it
+    try:
+        outcome, problem = asyncio.run(_serve_once(config, image, say))
+    finally:
+        quiet.setLevel(level)
+        image.unlink(missing_ok=True)
+    if not outcome.ok or problem:
+        raise UsbagentError(problem or outcome.summary)
+    return outcome.summary

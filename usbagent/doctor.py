@@ -4,7 +4,7 @@
 no longer exists (the job would fail at 02:00, silently), a key file anyone can read, a
 destination on FAT32 that cannot hold a 4 GiB archive, no device events at all. Every
 check is a small probe returning findings; the judgements (unit file parsing, file system
-limits, recipient syntax) are pure functions.
+limits) are pure functions, and recipients are judged by the archive job's own parser.
 
 Where doctor looks is a `Locations` value: the defaults are the real system paths; tests
 (and unusual installs) point it elsewhere, e.g. $USBAGENT_UNIT_DIRS for the unit folders.
@@ -131,31 +131,6 @@ def fs_limit_problem(fstype: str | None, largest: int) -> str | None:
     return None
 
 
-def recipient_problems(text: str) -> list[str]:
-    """Per-line problems of an age recipients file; ["no recipient"] when it has none."""
-    from pyrage import ssh, x25519  # the import itself is checked by check_tools
-
-    problems: list[str] = []
-    count = 0
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        count += 1
-        try:
-            if line.startswith("age1"):
-                x25519.Recipient.from_str(line)
-            elif line.startswith(("ssh-", "ecdsa-")):
-                ssh.Recipient.from_str(line)
-            else:
-                raise ValueError("not an age1... or ssh- public key")
-        except Exception as exc:
-            problems.append(f"line {number} is not a valid recipient ({exc})")
-    if count == 0:
-        problems.append("it contains no recipient")
-    return problems
-
-
 # --- probes ------------------------------------------------------------------------------------
 
 
@@ -163,10 +138,12 @@ def _find_unit(name: str, dirs: Sequence[Path]) -> Path | None:
     return next((d / name for d in dirs if (d / name).is_file()), None)
 
 
-def check_units(locs: Locations) -> list[Finding]:
+def check_units(locs: Locations, units: Mapping[str, systemd.Unit] | None) -> list[Finding]:
+    """Each unit's file: where systemd loaded it from, else the first in the unit folders."""
     findings = []
     for unit in systemd.UNITS:
-        path = _find_unit(unit, locs.unit_dirs)
+        fragment = units[unit].get("FragmentPath") if units is not None else ""
+        path = Path(fragment) if fragment else _find_unit(unit, locs.unit_dirs)
         if path is None:
             where = ", ".join(str(d) for d in locs.unit_dirs)
             findings.append(
@@ -223,21 +200,19 @@ def check_timer_enabled(locs: Locations, units: Mapping[str, systemd.Unit] | Non
 
 
 def check_recipients(config: Config) -> Finding:
+    """The archive job's own parser judges the file, so doctor and the job never disagree."""
     path = config.archive.recipients_file
     name = "recipients file"
-    how = "one age1... or ssh- public key per line (age-keygen -y KEY >> FILE)"
+    fix = f"write one age1... or ssh-ed25519 public key per line to {path} (age-keygen -y KEY)"
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return Finding(name, False, f"{path} does not exist", f"create it with {how}")
-    except PermissionError:
-        return Finding(name, False, f"{path} is not readable by this user", f"chmod 644 {path}")
-    except (OSError, UnicodeDecodeError) as exc:
-        return Finding(name, False, f"{path} cannot be read: {exc}", f"recreate it with {how}")
-    problems = recipient_problems(text)
-    if problems:
-        return Finding(name, False, f"{path}: {'; '.join(problems)}", f"write {how}")
-    return Finding(name, True, str(path))
+        from usbagent.recipients import load_recipients  # needs pyrage: see check_tools
+    except ImportError as exc:
+        return Finding(name, False, f"cannot be checked: {exc}", "pip install pyrage")
+    try:
+        found = load_recipients(path)
+    except UsbagentError as exc:
+        return Finding(name, False, str(exc), fix)
+    return Finding(name, True, f"{path} ({len(found)} recipient(s))")
 
 
 def check_identity(config: Config) -> Finding:
@@ -258,6 +233,14 @@ def check_identity(config: Config) -> Finding:
             f"{path} is world-readable: anyone on this machine can decrypt every archive",
             f"chmod 600 {path}",
         )
+    try:
+        from usbagent.recipients import load_identities  # needs pyrage: see check_tools
+
+        load_identities(path)
+    except ImportError as exc:
+        return Finding(name, False, f"cannot be checked: {exc}", "pip install pyrage")
+    except UsbagentError as exc:
+        return Finding(name, False, str(exc), "point archive.identity_file at an age-keygen key")
     return Finding(name, True, f"{path} (mode {stat.S_IMODE(mode):o})")
 
 
@@ -476,9 +459,8 @@ def check_state_files(config: Config) -> list[Finding]:
 
 def _systemd_units() -> Mapping[str, systemd.Unit] | None:
     try:
-        return systemd.show(
-            systemd.UNITS, ("LoadState", "UnitFileState", "Result", "ExecMainStatus")
-        )
+        props = ("LoadState", "FragmentPath", "UnitFileState", "Result", "ExecMainStatus")
+        return systemd.show(systemd.UNITS, props)
     except systemd.SystemdUnavailable:
         return None
 
@@ -486,7 +468,7 @@ def _systemd_units() -> Mapping[str, systemd.Unit] | None:
 def diagnose(config: Config, locs: Locations) -> list[Finding]:
     units = _systemd_units()
     probes: list[Callable[[], Finding | list[Finding]]] = [
-        lambda: check_units(locs),
+        lambda: check_units(locs, units),
         lambda: check_timer_enabled(locs, units),
         lambda: check_last_run(config, units),
         lambda: check_recipients(config),

@@ -45,7 +45,10 @@ def parse(filename: str, prefix: str | None = None) -> ArchiveName | None:
     m = _NAME.match(filename)
     if not m or (prefix is not None and m["prefix"] != prefix):
         return None
-    created = datetime.strptime(m["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
+    try:
+        created = datetime.strptime(m["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:  # looks like a stamp but is no date (month 13): not one of ours
+        return None
     return ArchiveName(created=created, prefix=m["prefix"])
 
 

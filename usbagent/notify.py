@@ -434,72 +434,49 @@ async def _send_once(state_dir: Path, note: Note) -> None:
 
 
 async def _connect_when_ready(address: str, deadline: float) -> MessageBus:
-    """The user's session bus, waiting (until `deadline`) for it and its notification server."""
+    """The user's session bus, waiting (until `deadline`) for its socket to appear."""
     while True:
         try:
-            bus = await MessageBus(bus_address=address).connect()
-            break
+            return await MessageBus(bus_address=address).connect()
         except OSError:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.25)
-    try:
-        while not await _has_server(bus):
-            if time.monotonic() > deadline:
-                raise OSError(f"no {NOTIFICATIONS} server on {address}")
-            await asyncio.sleep(0.25)
-    except BaseException:
-        _disconnect(bus)
-        raise
-    return bus
 
 
-async def _has_server(bus: MessageBus) -> bool:
-    def dbus(member: str, signature: str = "", body: list[Any] | None = None) -> Message:
-        return Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member=member,
-            signature=signature,
-            body=body or [],
-        )
-
-    (owned,) = await _call(bus, dbus("NameHasOwner", "s", [NOTIFICATIONS]))
-    if owned:
-        return True
-    (activatable,) = await _call(bus, dbus("ListActivatableNames"))
-    return NOTIFICATIONS in activatable
+def _notify_message(note: Note) -> Message:
+    hints = {"urgency": Variant("y", note.urgency), "category": Variant("s", "device")}
+    icon = "dialog-error" if note.urgency >= CRITICAL else "drive-removable-media"
+    # The body may be read as markup by the server: escape it.
+    body = html.escape(note.body, quote=False)
+    return Message(
+        destination=NOTIFICATIONS,
+        path=NOTIFICATIONS_PATH,
+        interface=NOTIFICATIONS,
+        member="Notify",
+        signature="susssasa{sv}i",
+        body=[APP_NAME, 0, icon, note.summary, body, [], hints, -1],
+    )
 
 
 async def show(address: str, note: Note, wait: float) -> int:
-    """Call Notify on the session bus at `address`; the server's notification id."""
-    bus = await _connect_when_ready(address, time.monotonic() + wait)
+    """Call Notify on the session bus at `address`; the server's notification id.
+
+    Right after a login the desktop's notification server may not run yet, and D-Bus
+    activation of one may fail until the session has exported $DISPLAY: retry until `wait`
+    seconds have passed, then give up with the last error.
+    """
+    deadline = time.monotonic() + wait
+    bus = await _connect_when_ready(address, deadline)
     try:
-        hints = {"urgency": Variant("y", note.urgency), "category": Variant("s", "device")}
-        icon = "dialog-error" if note.urgency >= CRITICAL else "drive-removable-media"
-        (nid,) = await _call(
-            bus,
-            Message(
-                destination=NOTIFICATIONS,
-                path=NOTIFICATIONS_PATH,
-                interface=NOTIFICATIONS,
-                member="Notify",
-                signature="susssasa{sv}i",
-                # The body may be read as markup by the server: escape it.
-                body=[
-                    APP_NAME,
-                    0,
-                    icon,
-                    note.summary,
-                    html.escape(note.body, False),
-                    [],
-                    hints,
-                    -1,
-                ],
-            ),
-        )
-        return int(nid)
+        while True:
+            try:
+                (nid,) = await _call(bus, _notify_message(note))
+                return int(nid)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
     finally:
         _disconnect(bus)
 

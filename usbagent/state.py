@@ -10,8 +10,11 @@ Layout (all JSON, under agent.state_dir):
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +46,29 @@ def record(agent: AgentConfig, outcome: Outcome) -> None:
     """
     state_dir = agent.state_dir
     data = outcome.to_json()
-    write_json(state_dir / "last" / f"{outcome.kind}.json", data)
-    if not outcome.ok:
-        write_json(state_dir / "last-error.json", data)
-    _append_event(state_dir / "events.jsonl", data)
-    if agent.metrics_file is not None:
-        from usbagent import metrics  # deferred: most callers never configure metrics
+    with _locked(state_dir):
+        write_json(state_dir / "last" / f"{outcome.kind}.json", data)
+        if not outcome.ok:
+            write_json(state_dir / "last-error.json", data)
+        _append_event(state_dir / "events.jsonl", data)
+        if agent.metrics_file is not None:
+            from usbagent import metrics  # deferred: most callers never configure metrics
 
-        metrics.write(agent)
+            metrics.write(agent)
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """One recorder at a time: writers share `<name>.partial` temporaries, so two syncs in
+    the agent's threads (or the agent and the archive job) recording at once would clobber
+    each other's partial file. flock excludes threads and processes alike."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "record.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _append_event(path: Path, data: dict[str, Any]) -> None:

@@ -16,17 +16,19 @@ import argparse
 import json
 import os
 import sys
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from usbagent import ledger, naming, outbox, state, systemd
 from usbagent.config import Config
-from usbagent.events import Outcome
+from usbagent.events import Kind, Outcome
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
+KINDS: tuple[Kind, ...] = typing.get_args(Kind)
 EXIT = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
 # Worst first: a CRITICAL outranks "could not tell" because it is known to be broken.
 SEVERITY = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
@@ -92,6 +94,8 @@ class Facts:
     last_ok: Mapping[str, Outcome]  # newest successful outcome of each kind
     last_error: Outcome | None
     pending: tuple[outbox.Note, ...]  # desktop notifications nobody has seen
+    # newest OnFailure record per unit: one unit's failure must not hide another's
+    unit_failures: Mapping[str, Outcome] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -178,20 +182,25 @@ def stick_facts(record: ledger.StickRecord) -> Stick:
     )
 
 
-def _outcomes(state_dir: Path) -> tuple[dict[str, Outcome], dict[str, Outcome]]:
-    last: dict[str, Outcome] = {}
-    last_ok: dict[str, Outcome] = {}
-    for outcome in state.events(state_dir):  # oldest first: later ones win
-        last[outcome.kind] = outcome
+@dataclass(frozen=True)
+class _History:
+    last: dict[str, Outcome]
+    last_ok: dict[str, Outcome]
+    unit_failures: dict[str, Outcome]
+
+
+def _history(state_dir: Path) -> _History:
+    """Newest outcome per kind, newest success per kind, newest failure per unit."""
+    h = _History({}, {}, {})
+    newest_files = [state.last(state_dir, kind) for kind in KINDS]  # outlive history trimming
+    known = state.events(state_dir) + [o for o in newest_files if o is not None]
+    for outcome in sorted(known, key=lambda o: o.time):  # oldest first: later ones win
+        h.last[outcome.kind] = outcome
         if outcome.ok:
-            last_ok[outcome.kind] = outcome
-    for kind in ("archive", "sync", "unit-failed", "refused", "stale", "stick-recognised"):
-        newest = state.last(state_dir, kind)  # outlives the trimming of events.jsonl
-        if newest and (kind not in last or newest.time > last[kind].time):
-            last[kind] = newest
-        if newest and newest.ok and (kind not in last_ok or newest.time > last_ok[kind].time):
-            last_ok[kind] = newest
-    return last, last_ok
+            h.last_ok[outcome.kind] = outcome
+        if outcome.kind == "unit-failed":
+            h.unit_failures[_unit_of(outcome)] = outcome
+    return h
 
 
 def _systemd_facts() -> tuple[dict[str, systemd.Unit] | None, str | None]:
@@ -205,7 +214,7 @@ def gather(config: Config) -> Facts:
     state_dir = config.agent.state_dir
     newest, problem = _archive_facts(config)
     units, systemd_problem = _systemd_facts()
-    last, last_ok = _outcomes(state_dir)
+    history = _history(state_dir)
     return Facts(
         destination=config.archive.destination,
         newest_archive=newest,
@@ -214,10 +223,11 @@ def gather(config: Config) -> Facts:
         systemd_problem=systemd_problem,
         heartbeat=read_heartbeat(state_dir),
         sticks=tuple(stick_facts(r) for r in ledger.sticks(state_dir)),
-        last=last,
-        last_ok=last_ok,
+        last=history.last,
+        last_ok=history.last_ok,
         last_error=state.last_error(state_dir),
         pending=tuple(outbox.pending(state_dir)),
+        unit_failures=history.unit_failures,
     )
 
 
@@ -354,12 +364,8 @@ def check_archive_job(facts: Facts) -> Check:
             if ok is not None and exited is not None and ok.time > exited:
                 return Check("archive-job", WARNING, f"{text}; a later archive succeeded")
             return Check("archive-job", CRITICAL, text)
-    unit_failed = facts.last.get("unit-failed")
-    if (
-        unit_failed is not None
-        and _unit_of(unit_failed) == systemd.ARCHIVE_SERVICE
-        and _newer(unit_failed, ok)
-    ):
+    unit_failed = facts.unit_failures.get(systemd.ARCHIVE_SERVICE)
+    if unit_failed is not None and _newer(unit_failed, ok):
         return Check(
             "archive-job",
             CRITICAL,
@@ -384,6 +390,9 @@ def check_agent(facts: Facts, now: datetime) -> Check:
         unit_note = f"; {systemd.AGENT_SERVICE} {service.get('ActiveState')}" + (
             f", restarted {restarts} times" if restarts else ""
         )
+    failed = facts.unit_failures.get(systemd.AGENT_SERVICE)
+    if failed is not None and (hb is None or not hb.alive or failed.time > hb.time):
+        unit_note += f"; {when(failed.time)}: {failed.summary}"
     if hb is None:
         return Check(
             "agent",
@@ -591,8 +600,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     try:
         checks = evaluate(gather(config), config, now)
-    except OSError as exc:
-        checks = [Check("state", UNKNOWN, f"cannot read the state: {exc}")]
+    except Exception as exc:  # monitoring must get UNKNOWN (3), never a traceback and 1
+        checks = [Check("state", UNKNOWN, f"cannot determine the state: {exc!r}")]
     if getattr(args, "json", False):
         doc = {
             "state": overall(checks),

@@ -176,7 +176,7 @@ def sync_mounted(
     "refused"; it never raises for stick or I/O problems. When `cancel` is set it stops
     within about a second, leaving no `.partial` behind when the stick still allows it.
     """
-    partition = partition or facts_at(mountpoint)
+    partition = partition or _facts_if_known(mountpoint)
     run = _Run(
         stick=describe(partition) if partition else f"the stick at {mountpoint}",
         label=(partition.label or partition.part_name) if partition else "",
@@ -187,7 +187,9 @@ def sync_mounted(
     except StickRefused as exc:
         outcome = _refused(run, str(exc))
     except Cancelled:
-        outcome = _failed(run, "stopped before it finished (usbagent is shutting down)")
+        outcome = _failed(
+            run, "stopped before it finished (interrupted, or usbagent is shutting down)"
+        )
     except DeviceFailed as exc:
         outcome = _failed(run, str(exc))
     except VerifyFailed as exc:
@@ -472,6 +474,15 @@ def facts_for_device(
     return udev.facts_from_udev(sys_path or device, props, size, drive, mounts or {})
 
 
+def _facts_if_known(mountpoint: Path) -> Partition | None:
+    """Facts for naming the stick in messages; a failure to find them must not stop a sync."""
+    try:
+        return facts_at(mountpoint)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot identify the device mounted at %s: %s", mountpoint, exc)
+        return None
+
+
 def facts_at(mountpoint: Path) -> Partition | None:
     """Facts of the filesystem mounted exactly at `mountpoint`, or None if nothing is."""
     entry = mount_at(mountpoint, Path("/proc/self/mountinfo").read_text())
@@ -528,8 +539,11 @@ def run(config: Config, args: argparse.Namespace) -> int:
     cancel = threading.Event()
     with _cancel_on_signals(cancel):
         outcome = sync_mounted(config, mountpoint, partition, cancel, _print_progress())
-    print(outcome.summary, file=sys.stdout if outcome.ok else sys.stderr)
-    return 0 if outcome.ok else 1
+    if outcome.ok:
+        print(outcome.summary)
+        return 0
+    print(f"usbagent sync: {outcome.summary}", file=sys.stderr)
+    return 1
 
 
 @contextmanager

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MOUNT_BASE = Path("/run/usbagent/mnt")
 MOUNT_OPTIONS = "nosuid,nodev,noexec"
 TOOL_TIMEOUT = 120.0
+RECEIVE_BUFFER = 8 * 1024 * 1024  # a burst of events (a hub of sticks) must not overflow it
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
@@ -136,18 +137,32 @@ class UdevBackend:
         self._queue = queue
         monitor = pyudev.Monitor.from_netlink(self._context, source="udev")
         monitor.filter_by("block")
+        with contextlib.suppress(OSError, ValueError):  # needs CAP_NET_ADMIN; best effort
+            monitor.set_receive_buffer_size(RECEIVE_BUFFER)
         monitor.start()
         self._monitor = monitor
         asyncio.get_running_loop().add_reader(monitor.fileno(), self._on_readable)
-        for device in self._context.list_devices(subsystem="block"):
-            emit(queue, self._known, str(device.sys_path), _facts(device))
+        self._resync()
+
+    def _resync(self) -> None:
+        """Diff the devices present now against what we reported (start-up, lost events)."""
+        assert self._queue is not None
+        present = {
+            str(d.sys_path): _facts(d) for d in self._context.list_devices(subsystem="block")
+        }
+        for key in [*self._known, *present]:
+            emit(self._queue, self._known, key, present.get(key))
 
     def _on_readable(self) -> None:
         assert self._monitor is not None and self._queue is not None
-        while (device := self._monitor.poll(timeout=0)) is not None:
-            key = str(device.sys_path)
-            new = None if device.action == "remove" else _facts(device)
-            emit(self._queue, self._known, key, new)
+        try:
+            while (device := self._monitor.poll(timeout=0)) is not None:
+                key = str(device.sys_path)
+                new = None if device.action == "remove" else _facts(device)
+                emit(self._queue, self._known, key, new)
+        except OSError as exc:  # ENOBUFS: the kernel dropped events; the device list has not
+            log.warning("udev events were lost (%s); re-reading the device list", exc)
+            self._resync()
 
     def alive(self) -> bool:
         if self._monitor is None:

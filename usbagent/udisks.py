@@ -217,15 +217,15 @@ class UDisksBackend:
                 self._refresh()
 
     def _on_owner_changed(self, msg: Message) -> None:
-        """udisksd went away: every partition is gone; it came back: take a new snapshot."""
+        """udisksd went away: not alive (no watchdog pings); it came back: take a new snapshot."""
         name, _old, new = msg.body
         if name != UDISKS_NAME:
             return
         if not new:
+            # Keep the cache: a udisksd restart must not look like every stick being pulled
+            # (that would cancel copies in progress). The next snapshot diffs against it.
             log.error("UDisks2 left the system bus; no stick events until it returns")
             self._owner_present = False
-            self._objects = {}
-            self._refresh()
         else:
             log.warning("UDisks2 (re)appeared on the system bus; reading its devices again")
             self._resnapshot = asyncio.get_running_loop().create_task(self._resync())

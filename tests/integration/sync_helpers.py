@@ -14,6 +14,7 @@ import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from usbagent import naming
 from usbagent.config import AgentConfig, ArchiveConfig, Config, UsbConfig
@@ -44,7 +45,7 @@ def make_archive(dest: Path, day: int, size: int, prefix: str = PREFIX) -> Local
     return LocalArchive(name, size, h.hexdigest())
 
 
-def sync_config(tmp: Path, label: str, **usb: object) -> Config:
+def sync_config(tmp: Path, label: str, **usb: Any) -> Config:
     """A config for one test: its own destination and state dir, loop devices allowed."""
     usb_config = replace(UsbConfig(labels=(label,), require_usb=False, keep=3), **usb)
     return Config(

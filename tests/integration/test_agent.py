@@ -7,6 +7,7 @@ stick and their checksums, the stick unmounted, the outcome in the state dir.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -27,7 +28,12 @@ import pytest
 
 from tests.stack import MakeStick, PartSpec, Stick
 from tests.stack.sticks import mountpoints_of, unmount
-from usbagent import naming
+from usbagent import demo_stick, naming, state
+from usbagent.agent import Agent as AgentDaemon
+from usbagent.config import load
+from usbagent.events import Outcome
+from usbagent.udisks import UDisksBackend
+from usbagent.watchdog import Watchdog
 
 pytestmark = pytest.mark.stack
 
@@ -218,7 +224,8 @@ def test_plugged_stick_gets_verified_copies_and_is_unmounted(
     agent = start_agent()
     stick = make_stick(PartSpec(label=env.label))
     kind, summary = agent.outcome()
-    assert kind == "sync" and "copied 2 archive(s)" in summary and "safe to remove" in summary
+    assert kind == "sync" and "copied 2 archive(s)" in summary, summary
+    assert summary.endswith("unmounted, safe to remove"), summary
     assert_served(stick, env, names)
     # re-plug: served again (an archive made meanwhile is copied)
     stick.unplug()
@@ -241,14 +248,19 @@ def test_stick_plugged_before_start_is_served(
     assert_served(stick, env, names)
 
 
-def test_gpt_name_only_two_sticks_at_once(
+def test_two_sticks_at_once_one_known_by_gpt_name_only(
     env: Env, make_stick: MakeStick, start_agent: type[Agent]
 ) -> None:
-    """Both served; the second is recognised by its GPT partition name alone."""
-    names = [write_archive(env.destination, 1, 8 * MIB)]
+    """Both served, concurrently; the second is recognised by its GPT partition name alone."""
+    names = [write_archive(env.destination, 1, 200 * MIB)]
+    a = make_stick(PartSpec(label=env.label, size_mb=300), plug=False)
+    b = make_stick(PartSpec(label=None, name=env.label, size_mb=300), plug=False)
     agent = start_agent()
-    a = make_stick(PartSpec(label=env.label))
-    b = make_stick(PartSpec(label=None, name=env.label))
+    a.plug()
+    agent.wait_line(r"stick-recognised: " + env.label)
+    b.plug()  # while a is still being copied to
+    m = agent.wait_line(r"usbagent\.agent: (stick-recognised|sync): ")
+    assert m[1] == "stick-recognised", "the second stick waited for the first"
     results = [agent.outcome(), agent.outcome()]
     assert all(k == "sync" and "safe to remove" in s for k, s in results), results
     for stick in (a, b):
@@ -386,3 +398,70 @@ def test_systemd_notify_status_watchdog_and_heartbeat(
     notify.wait(lambda m: m.startswith("STATUS=idle"))
     assert agent.stop() == 0
     notify.wait(lambda m: m == "STOPPING=1")
+
+
+def test_stick_removed_mid_copy_is_recorded_and_agent_goes_on(
+    env: Env, make_stick: MakeStick
+) -> None:
+    """A stick pulled mid-copy. A loop device cannot vanish while mounted (the kernel keeps
+    it busy), so the `removed` event a real pull produces is put into the running agent's
+    queue; the agent, backend, udisksd, mount and copy are all real."""
+    write_archive(env.destination, 1, 400 * MIB)
+    config = load(env.config)
+
+    async def scenario() -> None:
+        agent = AgentDaemon(config, UDisksBackend(), Watchdog())
+        outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+        agent.bus.subscribe(outcomes.put)
+        runner = asyncio.create_task(agent.run())
+
+        async def next_outcome() -> Outcome:
+            async with asyncio.timeout(60):
+                while (o := await outcomes.get()).kind == "stick-recognised":
+                    pass
+                return o
+
+        stick = await asyncio.to_thread(make_stick, PartSpec(label=env.label, size_mb=600))
+        await asyncio.to_thread(_wait_for_partial, stick)
+        (job,) = agent.jobs.values()
+        agent.queue.put_nowait(("removed", job.partition))
+        pulled = await next_outcome()
+        assert not pulled.ok and "removed during the copy" in pulled.summary, pulled
+        assert state.last_error(env.state_dir) is not None
+        assert agent.jobs == {}
+        # served again after a re-plug, by the same agent
+        await asyncio.to_thread(stick.unplug)
+        await asyncio.to_thread(stick.plug)
+        again = await next_outcome()
+        assert again.ok and "safe to remove" in again.summary, again
+        agent.stop()
+        assert await runner == 0
+
+    asyncio.run(scenario())
+
+
+def test_demo_stick_step_serves_a_loop_stick_and_detaches_it(env: Env, stack: object) -> None:
+    """`usbagent demo`'s stick step: copies shown, checked with sha256sum, nothing left."""
+    name = write_archive(env.destination, 1, 2 * MIB)
+    said: list[str] = []
+    line = demo_stick.demo_step(load(env.config), env.root, said.append)
+    assert "unmounted, safe to remove" in line, said
+    assert "    the agent unmounted the stick" in "\n".join(said)
+    assert f"    sha256sum -c on the stick: {name}: OK" in said
+    assert not (env.root / "demo-stick.img").exists()
+    attached = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert str(env.root) not in attached
+
+
+def test_demo_stick_step_without_root_says_what_it_skipped() -> None:
+    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    code = (
+        "from pathlib import Path; from usbagent import demo_stick; "
+        "from usbagent.config import Config; "
+        "print(demo_stick.demo_step(Config(), Path('/nonexistent')))"
+    )
+    out = subprocess.run([*user, sys.executable, "-c", code], capture_output=True, text=True)
+    assert (
+        out.stdout.strip()
+        == "skipped: making a loop-device stick needs root (run `sudo usbagent demo`)"
+    ), out

@@ -361,3 +361,94 @@ def test_send_once_without_any_system_bus_keeps_the_note(
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-such-socket'}")
     notify.send_once(config, stale())
     assert [n.kind for n in outbox.pending(config.agent.state_dir)] == ["stale"]
+
+
+# --- a real notification server -----------------------------------------------------------------
+
+
+def _as_user(desktop: Desktop, *argv: str, **env: str) -> list[str]:
+    return ["setpriv", "--reuid", desktop.user, "--regid", desktop.user, "--init-groups",
+            "env", f"DBUS_SESSION_BUS_ADDRESS={desktop.bus_address}",
+            *(f"{k}={v}" for k, v in env.items()), *argv]  # fmt: skip
+
+
+def _wait(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def dunst(desktop: Desktop, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """dunst, a real notification daemon, on an Xvfb display, running as the desktop user."""
+    if not (shutil.which("dunst") and shutil.which("Xvfb")):
+        if os.environ.get("CI") == "true":
+            pytest.fail("dunst/Xvfb missing: run `make system-deps`", pytrace=False)
+        pytest.skip("dunst/Xvfb not installed")
+    read_fd, write_fd = os.pipe()
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-ac", "-nolisten", "tcp"],
+        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        display = ":" + f.readline().strip()
+    home = desktop.runtime_root / str(desktop.uid)
+    daemon = subprocess.Popen(
+        _as_user(desktop, "dunst", DISPLAY=display, HOME=str(home)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def ctl(*args: str) -> str:
+        return subprocess.run(
+            _as_user(desktop, "dunstctl", *args), capture_output=True, text=True, check=True,
+            timeout=10,
+        ).stdout  # fmt: skip
+
+    owner = _as_user(desktop, "dbus-send", "--session", "--print-reply",
+                     "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
+                     "org.freedesktop.DBus.NameHasOwner",
+                     "string:org.freedesktop.Notifications")  # fmt: skip
+    try:
+        _wait(
+            lambda: "boolean true" in subprocess.run(owner, capture_output=True, text=True).stdout,
+            "dunst to own org.freedesktop.Notifications",
+        )
+        yield ctl
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+        xvfb.terminate()
+        xvfb.wait(10)
+
+
+def test_a_real_notification_server_displays_it(
+    system_bus: str, desktop: Desktop, config: Config, dunst: Callable[..., str]
+) -> None:
+    async def main() -> None:
+        logind_bus, logind = await start_logind(system_bus)
+        logind.login(LogindSession("7", desktop.uid, desktop.user, "x11"))
+        notifier = notify.Notifier(config, system_bus_address=system_bus)
+        await notifier.start()
+        try:
+            await notifier.handle(sync_ok())
+            await notifier.handle(stale())
+        finally:
+            await notifier.close()
+            logind_bus.disconnect()
+
+    asyncio.run(main())
+    _wait(lambda: "Currently displayed: 2" in dunst("count"), "dunst to display both")
+    dunst("close-all")
+    shown = {n["summary"]["data"]: n for n in json.loads(dunst("history"))["data"][0]}
+    stale_shown = shown["Backup is out of date"]
+    sync_shown = shown["Backup copied: stick safe to remove"]
+    assert stale_shown["appname"]["data"] == "usbagent"
+    assert "6 d 2 h old" in stale_shown["body"]["data"]
+    assert "Safe to remove." in sync_shown["body"]["data"]
+    # dunst's history has no urgency field, but its defaults show it: a critical
+    # notification never times out (0), a normal one does (10 s).
+    assert stale_shown["timeout"]["data"] == 0
+    assert sync_shown["timeout"]["data"] > 0

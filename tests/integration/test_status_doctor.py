@@ -234,6 +234,15 @@ def test_unit_failure_hook_record_makes_status_critical_and_keeps_the_notificati
     assert "1 desktop notification(s) not delivered" in checks["notifications"]["message"]
 
 
+def test_unreadable_state_is_unknown_exit_3(deployment: Deployment) -> None:
+    state_dir = deployment.config.agent.state_dir
+    state_dir.rmdir()
+    state_dir.write_text("a file where the state folder should be\n")
+    code, doc = deployment.status()
+    assert (code, doc["state"]) == (3, "UNKNOWN")
+    assert doc["checks"][0]["message"].startswith("cannot determine the state: NotADirectory")
+
+
 @pytest.mark.systemd
 def test_under_systemd_an_active_timer_without_fresh_archive_is_critical(
     deployment: Deployment, agent_process: int, user_manager: UserManager
@@ -269,6 +278,33 @@ def test_under_systemd_an_active_timer_without_fresh_archive_is_critical(
 
 
 # --- doctor ----------------------------------------------------------------------------------
+
+
+@pytest.mark.systemd
+def test_doctor_under_systemd_reads_the_unit_files_systemd_loaded(
+    deployment: Deployment, user_manager: UserManager
+) -> None:
+    """The files are found through FragmentPath (not our unit folder), the timer state
+    comes from systemd, and a failed run is reported from the unit's Result."""
+    user_manager.install(
+        {
+            systemd.AGENT_SERVICE: "[Service]\nExecStart=/opt/missing/usbagent agent\n",
+            systemd.ARCHIVE_SERVICE: "[Service]\nType=oneshot\nExecStart=/bin/false\n",
+            systemd.ARCHIVE_TIMER: unit_text(systemd.ARCHIVE_TIMER, deployment.program, ""),
+        }
+    )
+    user_manager.systemctl("enable", "--runtime", "--now", systemd.ARCHIVE_TIMER)
+    user_manager.systemctl("start", systemd.ARCHIVE_SERVICE, check=False)
+    user_manager.wait_until(systemd.ARCHIVE_SERVICE, "failed", 10, Result="exit-code")
+    r = deployment.cli("doctor", XDG_RUNTIME_DIR=str(user_manager.runtime_dir))
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    agent_line = next(line for line in lines if line.startswith("PROBLEM  usbagent.service"))
+    assert str(user_manager.unit_dir / systemd.AGENT_SERVICE) in agent_line
+    assert "/opt/missing/usbagent: no such file" in agent_line
+    assert any("enabled only until the next boot" in line for line in lines)
+    assert any("last archive run: usbagent-archive.service failed (Result=exit-code" in line
+               for line in lines)  # fmt: skip
 
 
 def locations(d: Deployment, **changes: Any) -> doctor.Locations:
@@ -312,15 +348,21 @@ def test_doctor_missing_units_rw_paths_and_disabled_timer(deployment: Deployment
 
 def test_doctor_recipients_file_problems(deployment: Deployment) -> None:
     rcpt = deployment.config.archive.recipients_file
+    ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOx5dnBwZeqJRkkAfbmnj8BB5UbrotI5YTReiYUQEud1 me"
+    rcpt.write_text(f"# offsite\n{ssh_key}\n")
+    assert not problems(deployment)
     rcpt.write_text("# nobody\n")
-    assert any("it contains no recipient" in p for p in problems(deployment))
-    rcpt.write_text("age1garbage\n")
-    assert any("line 1 is not a valid recipient" in p for p in problems(deployment))
+    assert any("holds no recipient" in p for p in problems(deployment))
+    rcpt.write_text(f"{ssh_key}\nage1garbage\n")
+    assert any(
+        f"recipients file {rcpt}, line 2: not a valid age" in p for p in problems(deployment)
+    )
     rcpt.unlink()
     rcpt.mkdir()  # unreadable as a file, even for root
-    assert any("recipients file" in p and "cannot be read" in p for p in problems(deployment))
+    assert any(f"{rcpt} is a folder, not a file" in p for p in problems(deployment))
     rcpt.rmdir()
-    assert any(f"recipients file: {rcpt} does not exist" in p for p in problems(deployment))
+    found = problems(deployment)
+    assert any(f"{rcpt} does not exist" in p and "Fix: write one age1" in p for p in found)
 
 
 def test_doctor_world_readable_identity_and_credentials(
@@ -330,9 +372,12 @@ def test_doctor_world_readable_identity_and_credentials(
     assert identity is not None
     identity.chmod(0o644)
     assert any("world-readable" in p and f"chmod 600 {identity}" in p for p in problems(deployment))
+    identity.chmod(0o600)
+    identity.write_text("not a key\n")
+    assert any("not an age secret key" in p for p in problems(deployment))
     creds = deployment.root / "credentials"
     creds.mkdir()
-    (creds / identity.name).write_text("AGE-SECRET-KEY-1X\n")
+    (creds / identity.name).write_text(f"{x25519.Identity.generate()}\n")
     (creds / identity.name).chmod(0o400)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     assert not any("identity" in p for p in problems(deployment))  # the credential is used

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -319,3 +322,70 @@ def test_local_archives_without_a_sidecar_are_not_copied(
 
     assert outcome.ok
     assert stick_files(mount) == {done.name, done.name + ".sha256"}
+
+
+def test_sync_core_never_writes_to_a_folder_whose_stick_is_gone(tmp_path: Path) -> None:
+    # The agent's mount point after the stick was pulled: a plain, empty folder.
+    config = sync_config(tmp_path, "ua-gone")
+    make_archive(config.archive.destination, 1, MIB)
+    folder = tmp_path / "media-root-ua-gone"
+    folder.mkdir()
+
+    outcome = sync_mounted(config, folder, None, threading.Event())
+
+    assert not outcome.ok and "disappeared" in outcome.summary, outcome.summary
+    assert list(folder.iterdir()) == []
+    assert state.last_error(config.agent.state_dir) == outcome
+
+
+def _signal_mid_copy(config: Config, mount: Path, tmp_path: Path, signum: int) -> tuple[int, str]:
+    """Run `usbagent sync`, send `signum` once its `.partial` exists; (exit status, stderr)."""
+    (archive,) = [p for p in config.archive.destination.iterdir() if naming.parse(p.name)]
+    partial = mount / "usbagent" / (archive.name + naming.PARTIAL)
+    cmd = [sys.executable, "-m", "usbagent", "--config", str(write_toml(config, tmp_path / "c"))]
+    proc = subprocess.Popen([*cmd, "sync", str(mount)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not partial.exists():  # the copy (or its read-back) is under way
+            assert proc.poll() is None and time.monotonic() < deadline, "no copy started"
+            time.sleep(0.01)
+        proc.send_signal(signum)
+        signalled = time.monotonic()
+        _, err = proc.communicate(timeout=5)
+        assert time.monotonic() - signalled < 5
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, err
+
+
+def test_cli_stops_on_sigterm_mid_copy_and_removes_its_partial(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    config = sync_config(tmp_path, unique_label)
+    make_archive(config.archive.destination, 1, 512 * MIB)
+    mount = make_stick(PartSpec("ext4", label=unique_label, size_mb=700)).mount()
+
+    status, err = _signal_mid_copy(config, mount, tmp_path, signal.SIGTERM)
+
+    assert status == 1
+    assert "stopped before it finished" in err
+    assert stick_files(mount) == set()
+
+
+def test_after_kill_9_mid_copy_the_next_sync_cleans_up_and_completes(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    config = sync_config(tmp_path, unique_label)
+    archive = make_archive(config.archive.destination, 1, 512 * MIB)
+    mount = make_stick(PartSpec("ext4", label=unique_label, size_mb=700)).mount()
+
+    status, _ = _signal_mid_copy(config, mount, tmp_path, signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    assert stick_files(mount) == {archive.name + naming.PARTIAL}  # no final name
+
+    r = usbagent(tmp_path / "c", "sync", str(mount))
+
+    assert r.returncode == 0, r.stderr
+    assert stick_files(mount) == {archive.name, archive.name + naming.SIDECAR}
+    assert sha256_file(mount / "usbagent" / archive.name) == archive.sha256

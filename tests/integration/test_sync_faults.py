@@ -99,7 +99,7 @@ def test_no_room_even_after_pruning_refuses_and_prunes_nothing(
     assert refused is not None and refused.summary == outcome.summary
 
 
-def _fill(path: Path) -> None:
+def _fill(path: Path) -> bool:
     """Write zeros until the filesystem is full (as root: reserved blocks too)."""
     block = bytes(MIB)
     with path.open("wb", buffering=0) as f:
@@ -110,6 +110,7 @@ def _fill(path: Path) -> None:
             assert exc.errno == errno.ENOSPC
             with contextlib.suppress(OSError):
                 os.fsync(f.fileno())
+    return True
 
 
 def test_disk_full_mid_copy_leaves_no_final_named_partial_and_older_copies_intact(
@@ -122,7 +123,7 @@ def test_disk_full_mid_copy_leaves_no_final_named_partial_and_older_copies_intac
     new = make_archive(config.archive.destination, 2, 24 * MIB)
     filler = mount / "someone-elses-big-file"
 
-    outcome = sync(config, mount, once(lambda p: _fill(filler) or True))
+    outcome = sync(config, mount, once(lambda p: _fill(filler)))
 
     assert not outcome.ok and "the stick is full" in outcome.summary, outcome.summary
     assert unique_label in outcome.summary

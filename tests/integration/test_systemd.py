@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pyrage
 import pytest
+import zstandard
 
 from tests.stack import MakeStick, PartSpec, StackSession
 from tests.stack.daemons import wait_for
@@ -45,6 +47,7 @@ class Deployment:
     state_dir: Path
     destination: Path
     label: str
+    identity: pyrage.x25519.Identity
     units: dict[str, str]
 
     def usbagent(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -67,7 +70,8 @@ def deployment(user_manager: UserManager, stack: StackSession, unique_label: str
     (root / "state").mkdir()
     (root / "archives").mkdir()
     recipient = root / "recipient"
-    recipient.write_text(str(pyrage.x25519.Identity.generate().to_public()) + "\n")
+    identity = pyrage.x25519.Identity.generate()
+    recipient.write_text(str(identity.to_public()) + "\n")
     config = root / "config.toml"
     config.write_text(
         textwrap.dedent(f"""\
@@ -87,7 +91,7 @@ def deployment(user_manager: UserManager, stack: StackSession, unique_label: str
             """)
     )
     staged = root / "staged"
-    dep = Deployment(root, config, root / "state", root / "archives", unique_label, {})
+    dep = Deployment(root, config, root / "state", root / "archives", unique_label, identity, {})
     done = dep.usbagent("install", "--prefix", str(staged))
     assert done.returncode == 0, done.stderr
     unit_dir = staged / "etc/systemd/system"
@@ -189,6 +193,10 @@ def test_archive_service_makes_an_archive(
     archives = [p for p in deployment.destination.iterdir() if naming.parse(p.name) is not None]
     assert len(archives) == 1, sorted(deployment.destination.iterdir())
     assert (deployment.destination / (archives[0].name + ".sha256")).exists()
+    plain = pyrage.decrypt(archives[0].read_bytes(), [deployment.identity])
+    with tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(plain), mode="r|") as t:
+        names = [m.name for m in t]
+    assert any(n.endswith("src/notes.txt") for n in names), names
 
 
 def _wait_hook_done(user_manager: UserManager, failed: str) -> None:

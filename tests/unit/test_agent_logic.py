@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from pathlib import Path
 
+from usbagent import state
 from usbagent.agent import idle_status, lag_summary, progress_status, stick_id
 from usbagent.backend import EventQueue, emit
+from usbagent.config import AgentConfig
 from usbagent.devices import Partition
+from usbagent.events import Outcome
 from usbagent.udev import facts_from_udev, is_candidate, mountpoints_by_devnum
 from usbagent.udisks import BLOCK, DRIVE, FILESYSTEM, LOOP, PARTITION, partition_facts
 
@@ -155,3 +160,25 @@ def test_lag_summary() -> None:
     samples = [0.001] * 99 + [0.5]
     assert lag_summary(samples) == {"max_ms": 500.0, "p99_ms": 500.0}
     assert lag_summary([0.001] * 200 + [0.5])["p99_ms"] == 1.0
+
+
+def test_outcomes_recorded_from_concurrent_sync_threads_all_land(tmp_path: Path) -> None:
+    """Two sticks are served at once, each recording from its own thread: none may fail."""
+    agent = AgentConfig(state_dir=tmp_path)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        for i in range(50):
+            try:
+                state.record(agent, Outcome(kind="sync", ok=False, summary=f"{n}-{i}"))
+            except OSError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(state.events(tmp_path)) == 200
+    assert state.last_error(tmp_path) is not None

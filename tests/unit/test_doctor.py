@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pyrage import x25519
 
 from usbagent import credentials, doctor
 from usbagent.config import ArchiveConfig, Config
@@ -59,18 +58,6 @@ def test_fat_limits() -> None:
     over = doctor.fs_limit_problem("msdos", 5 * GiB)
     assert over is not None and "files stop at 4 GiB" in over
     assert doctor.fs_limit_problem("exfat", 100 * GiB) is None  # exFAT has no 4 GiB limit
-
-
-def test_recipient_problems() -> None:
-    age = x25519.Identity.generate().to_public()
-    assert doctor.recipient_problems(f"# backup key\n{age}\n\n") == []
-    assert doctor.recipient_problems("# only a comment\n\n") == ["it contains no recipient"]
-    problems = doctor.recipient_problems(f"{age}\nage1notakey\nhello\n")
-    assert problems[0].startswith("line 2 is not a valid recipient")
-    assert problems[1].startswith("line 3 is not a valid recipient")
-    ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOx5dnBwZeqJRkkAfbmnj8BB5UbrotI5YTReiYUQEud1 me"
-    assert doctor.recipient_problems(ssh_key) == []
-    assert doctor.recipient_problems(ssh_key[:40])[0].startswith("line 1 is not a valid")
 
 
 def test_identity_path_prefers_a_systemd_credential(tmp_path: Path) -> None:

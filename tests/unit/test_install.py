@@ -113,6 +113,7 @@ def test_script_whose_interpreter_is_gone_is_refused(tmp_path: Path) -> None:
 
 def test_install_prefix_writes_only_under_prefix(config_file: Path, tmp_path: Path) -> None:
     root = tmp_path / "stage"
+    stamp_existed = install.UNITS_LOAD_STAMP.exists()
     done = _usbagent("--config", str(config_file), "install", "--prefix", str(root))
     assert done.returncode == 0, done.stderr
     written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
@@ -121,6 +122,8 @@ def test_install_prefix_writes_only_under_prefix(config_file: Path, tmp_path: Pa
         + ["etc/udev/rules.d/90-usbagent.rules"]
     )
     assert not (tmp_path / "state%dir").exists()  # nothing outside the prefix
+    if not stamp_existed:  # what systemd-analyze verify touches is cleaned up
+        assert not install.UNITS_LOAD_STAMP.exists()
 
 
 def test_install_refuses_from_a_non_executable_usbagent(config_file: Path, tmp_path: Path) -> None:

@@ -191,7 +191,7 @@ def test_unit_failed_record_newer_than_last_good_archive_is_critical_with_the_re
         time=hours_ago(1),
         details={"unit": "usbagent-archive.service"},
     )
-    facts = replace(healthy(), units=None, last={**healthy().last, "unit-failed": failed},
+    facts = replace(healthy(), units=None, unit_failures={failed.details["unit"]: failed},
                     last_error=failed)  # fmt: skip
     checks = checks_of(facts)
     assert checks["archive-job"].state == CRITICAL
@@ -203,7 +203,9 @@ def test_unit_failed_record_newer_than_last_good_archive_is_critical_with_the_re
 def test_unit_failed_older_than_a_good_archive_is_resolved() -> None:
     failed = Outcome("unit-failed", False, "archive unit failed", hours_ago(30),
                      {"unit": "usbagent-archive.service"})  # fmt: skip
-    facts = replace(healthy(), last={**healthy().last, "unit-failed": failed}, last_error=failed)
+    facts = replace(
+        healthy(), unit_failures={"usbagent-archive.service": failed}, last_error=failed
+    )
     checks = checks_of(facts)
     assert checks["archive-job"].state == OK
     assert checks["last-error"].state == OK
@@ -230,6 +232,22 @@ def test_agent_states() -> None:
     assert blind.state == CRITICAL and "event source is gone" in blind.message
     ok = checks_of(replace(base, heartbeat=replace(hb, time=NOW - timedelta(seconds=59))))
     assert ok["agent"].state == OK
+
+
+def test_agent_unit_failure_is_named_when_the_agent_is_down() -> None:
+    base = healthy()
+    assert base.heartbeat is not None
+    failed = Outcome("unit-failed", False, "usbagent.service failed: cannot run /x (203/EXEC)",
+                     hours_ago(1), {"unit": "usbagent.service"})  # fmt: skip
+    down = replace(base, heartbeat=replace(base.heartbeat, alive=False, time=hours_ago(2)),
+                   unit_failures={"usbagent.service": failed}, last_error=failed)  # fmt: skip
+    checks = checks_of(down)
+    assert checks["agent"].state == CRITICAL and "203/EXEC" in checks["agent"].message
+    assert checks["last-error"].state == CRITICAL
+    assert checks["archive-job"].state == OK  # the archive unit did not fail
+    restarted = replace(down, heartbeat=base.heartbeat)  # alive, beating after the failure
+    checks = checks_of(restarted)
+    assert checks["agent"].state == OK and checks["last-error"].state == OK
 
 
 def test_agent_restarts_are_shown() -> None:

@@ -1,0 +1,131 @@
+"""Config loading: defaults, every key checked, every problem reported at once by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from usbagent import config
+from usbagent.config import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def problems_of(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text))
+    return info.value.problems
+
+
+def test_empty_file_gives_every_default(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, ""))
+    assert cfg.archive == config.ArchiveConfig()
+    assert cfg.archive.keep_days == 14 and cfg.archive.compression_level == 3
+    assert cfg.usb.labels == ("sovereign-backup",) and cfg.usb.backend == "auto"
+    assert cfg.agent.state_dir == Path("/var/lib/usbagent")
+    assert cfg.notify.enabled is True
+    assert cfg.path == tmp_path / "config.toml"
+
+
+def test_values_are_typed(tmp_path: Path) -> None:
+    cfg = config.load(
+        write(
+            tmp_path,
+            '[archive]\nsources = ["/a", "/b"]\nexclude = []\nkeep_days = 3\nprefix = "h1"\n'
+            '[usb]\nuuids = ["ABCD-1234"]\nrequire_usb = false\n'
+            "[agent]\nstale_after_hours = 1.5\n",
+        )
+    )
+    assert cfg.archive.sources == (Path("/a"), Path("/b"))
+    assert cfg.archive.exclude == ()
+    assert cfg.archive_prefix == "h1"
+    assert cfg.usb.uuids == ("abcd-1234",)  # compared case-insensitively later
+    assert cfg.usb.require_usb is False
+    assert cfg.agent.stale_after_hours == 1.5
+
+
+def test_prefix_defaults_to_the_host_name(tmp_path: Path) -> None:
+    prefix = config.load(write(tmp_path, "")).archive_prefix
+    assert prefix and all(c.isalnum() or c in "-_" for c in prefix)
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, '[archive]\nsorces = ["/data"]\n')
+    assert problem.startswith("archive.sorces: unknown key")
+    assert "sources" in problem  # the known keys are listed, so the typo is obvious
+
+
+def test_unknown_section_is_named(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, "[archiv]\nkeep_days = 3\n")
+    assert "[archiv]" in problem
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("[archive]\nkeep_days = 0", "archive.keep_days: must be >= 1"),
+        ("[archive]\nkeep_days = true", "archive.keep_days: must be an integer"),
+        (
+            "[archive]\ncompression_level = 25",
+            "archive.compression_level: must be between 1 and 19",
+        ),
+        ('[archive]\nsources = ["data"]', "archive.sources: must be an absolute path"),
+        ("[archive]\nsources = []", "archive.sources: must not be empty"),
+        ('[archive]\nprefix = "a b"', "archive.prefix: may contain only"),
+        ('[usb]\nbackend = "hal"', "usb.backend: must be one of auto, udisks2, udev"),
+        ('[usb]\ndirectory = "a/b"', "usb.directory: must be a single folder name"),
+        ('[usb]\nrequire_usb = "yes"', "usb.require_usb: must be true or false"),
+        ("[agent]\nstale_after_hours = -1", "agent.stale_after_hours: must be a positive number"),
+        ("archive = 3", "archive: must be a table"),
+    ],
+)
+def test_bad_value_names_key_and_what_is_allowed(tmp_path: Path, line: str, expected: str) -> None:
+    (problem,) = problems_of(tmp_path, line + "\n")
+    assert problem.startswith(expected), problem
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        '[archive]\nkeep_days = 0\nbogus = 1\ndestination = "rel"\n[usb]\nkeep = "x"\n',
+    )
+    assert len(problems) == 4
+    joined = "\n".join(problems)
+    for key in ("archive.keep_days", "archive.bogus", "archive.destination", "usb.keep"):
+        assert key in joined
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(write(tmp_path, "[archive\n"))
+
+
+def test_resolve_path_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(config.ENV_VAR, "/env/config.toml")
+    assert config.resolve_path("/cli.toml") == Path("/cli.toml")
+    assert config.resolve_path(None) == Path("/env/config.toml")
+    monkeypatch.delenv(config.ENV_VAR)
+    assert config.resolve_path(None) == config.DEFAULT_PATH
+
+
+def test_cli_prints_one_line_per_problem_and_fails(tmp_path: Path) -> None:
+    path = write(tmp_path, '[archive]\nkeep_days = 0\nsorces = ["/x"]\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "usbagent", "--config", str(path), "archive"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith(f"usbagent: config {path}: archive.") for line in lines)

@@ -1,0 +1,61 @@
+"""The per-stick ledger: what each rotating stick holds and what went wrong last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from usbagent import ledger
+
+UUID_A = "0A24CF09-A0B4-4CC0-BA04-D4D9FD193690"
+UUID_B = "c9023ca8-b883-4adb-bbd8-19b81465e218"
+
+
+def test_ok_sync_records_holdings_free_space_and_newest_verified(tmp_path: Path) -> None:
+    ledger.record_ok(tmp_path, UUID_A, "sovereign-backup", ("b-2", "b-1"), 12345, "b-2")
+
+    record = ledger.load(tmp_path, UUID_A)
+
+    assert record is not None
+    assert (tmp_path / "sticks" / f"{UUID_A.lower()}.json").is_file()
+    assert record.uuid == UUID_A.lower() and record.label == "sovereign-backup"
+    assert record.archives == ("b-2", "b-1") and record.free_bytes == 12345
+    assert record.last_verified_copy == "b-2"
+    assert record.last_ok_sync and record.last_seen and record.last_verified_time
+    assert record.last_error == ""
+
+
+def test_error_is_recorded_without_forgetting_what_the_stick_holds(tmp_path: Path) -> None:
+    ledger.record_ok(tmp_path, UUID_A, "sovereign-backup", ("b-1",), 100, "b-1")
+    first_ok = ledger.load(tmp_path, UUID_A).last_ok_sync  # type: ignore[union-attr]
+
+    ledger.record_error(tmp_path, UUID_A, "", "sync to sovereign-backup failed: I/O error")
+
+    record = ledger.load(tmp_path, UUID_A)
+    assert record is not None
+    assert record.last_error == "sync to sovereign-backup failed: I/O error"
+    assert record.last_error_time >= record.last_ok_sync == first_ok
+    assert record.archives == ("b-1",) and record.free_bytes == 100
+    assert record.label == "sovereign-backup"  # an empty label does not erase the known one
+
+
+def test_sticks_lists_every_stick_most_recently_seen_first(tmp_path: Path) -> None:
+    ledger.record_ok(tmp_path, UUID_A, "a", (), 1, "")
+    ledger.record_error(tmp_path, UUID_B, "b", "refused: UUID not enrolled")
+
+    assert [r.uuid for r in ledger.sticks(tmp_path)] == [UUID_B, UUID_A.lower()]
+    assert ledger.sticks(tmp_path / "nothing-here") == []
+
+
+def test_a_uuid_that_cannot_name_a_file_safely_is_not_written(tmp_path: Path) -> None:
+    ledger.record_error(tmp_path, "../../etc/passwd", "x", "refused")
+
+    assert not (tmp_path / "sticks").exists()
+    assert ledger.load(tmp_path, "../../etc/passwd") is None
+
+
+def test_an_unreadable_ledger_file_is_skipped_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "sticks").mkdir()
+    (tmp_path / "sticks" / "broken.json").write_text("{not json")
+    ledger.record_ok(tmp_path, UUID_B, "b", (), 1, "")
+
+    assert [r.uuid for r in ledger.sticks(tmp_path)] == [UUID_B]

@@ -1,0 +1,76 @@
+"""Retention: what `usbagent archive` deletes from the destination, from names and the clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from usbagent import naming, retention
+
+NOW = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
+P = "host"
+
+
+def name(days_ago: float, prefix: str = P) -> naming.ArchiveName:
+    return naming.make(prefix, NOW - timedelta(days=days_ago))
+
+
+def with_sidecars(*names: naming.ArchiveName) -> list[str]:
+    return [f for n in names for f in (n.filename, n.sidecar)]
+
+
+def test_keeps_everything_younger_than_keep_days() -> None:
+    files = with_sidecars(name(0), name(5), name(13.9))
+    assert retention.plan(files, P, NOW, keep_days=14) == []
+
+
+def test_deletes_old_archives_with_their_sidecars_archive_first() -> None:
+    old, older, fresh = name(20), name(30), name(1)
+    files = with_sidecars(fresh, old, older)
+    assert retention.plan(files, P, NOW, keep_days=14) == [
+        older.filename,
+        older.sidecar,
+        old.filename,
+        old.sidecar,
+    ]
+
+
+def test_never_deletes_the_newest_archive_however_old() -> None:
+    newest, older = name(100), name(200)
+    files = with_sidecars(newest, older)
+    assert retention.plan(files, P, NOW, keep_days=14) == [older.filename, older.sidecar]
+
+
+def test_keeps_the_newest_complete_archive_when_the_newest_lacks_its_sidecar() -> None:
+    complete, incomplete, oldest = name(40), name(30), name(50)
+    files = [*with_sidecars(complete, oldest), incomplete.filename]
+    doomed = retention.plan(files, P, NOW, keep_days=14)
+    assert doomed == [oldest.filename, oldest.sidecar]
+
+
+def test_never_touches_other_prefixes_or_foreign_files() -> None:
+    other = name(100, prefix="otherhost")
+    mine = name(1)
+    files = [
+        *with_sidecars(other, mine),
+        "notes.txt",
+        "host-old.tar.zst.age",
+        name(100).filename + ".partial",  # in-progress or stale temporaries: not retention's
+        "host-20261326T030405Z.tar.zst.age",  # not a real date
+    ]
+    assert retention.plan(files, P, NOW, keep_days=14) == []
+
+
+def test_removes_orphan_sidecars_by_the_same_age_rule() -> None:
+    orphan_old, orphan_new, mine = name(30), name(2), name(1)
+    files = [*with_sidecars(mine), orphan_old.sidecar, orphan_new.sidecar]
+    assert retention.plan(files, P, NOW, keep_days=14) == [orphan_old.sidecar]
+
+
+def test_future_dated_archives_are_kept() -> None:
+    future = naming.make(P, NOW + timedelta(days=3))
+    files = with_sidecars(future, name(1))
+    assert retention.plan(files, P, NOW, keep_days=1) == []
+
+
+def test_empty_folder() -> None:
+    assert retention.plan([], P, NOW, keep_days=1) == []

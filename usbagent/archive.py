@@ -1,0 +1,376 @@
+"""`usbagent archive`: one encrypted archive of the sources, then retention. The nightly job.
+
+Pipeline, one pass, constant memory (measured in bench/archive.py):
+
+    GNU tar (subprocess) -> pipe -> zstandard (worker threads) -> pyrage (age) -> sha256 + file
+
+GNU tar reads the files because Python's tarfile is ~3x slower on many small files; zstd
+compresses in its own threads; pyrage encrypts in this thread and the ciphertext is hashed
+as it is written, so the `.sha256` sidecar costs no second read.
+
+Member layout: tar runs in `/` and gets each source without its leading '/', so the source
+`/data/docs` is stored as `data/docs/...`; `restore --to DIR` recreates it as
+`DIR/data/docs/...`. The destination is excluded when it lies inside a source.
+
+Crash safety: the archive is written as `<name>.partial`, fsynced, renamed, the folder
+fsynced, then the sidecar is written the same way. Any failure, SIGTERM or SIGINT removes
+the partial (exit 1); a SIGKILL leaves only a `.partial`, removed by the next run.
+
+tar exit status 1 ("file changed as we read it", "file removed before we read it") keeps the
+archive: every other file in it is good, and failing would leave no archive at all for data
+that is always in use (logs, mailboxes). The files concerned are logged as warnings and
+listed in the recorded outcome. Any other tar failure fails the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, BinaryIO
+
+import pyrage
+import zstandard
+
+from usbagent import naming, preflight, retention, state
+from usbagent.config import Config
+from usbagent.errors import UsbagentError
+from usbagent.events import Outcome
+from usbagent.fsutil import atomic_writer, fsync_dir, write_atomic
+
+log = logging.getLogger(__name__)
+
+# Memory is dominated by zstd's worker buffers; these bound it (bench/archive.py: peak RSS
+# ~70 MB with them, ~225 MB with zstd's defaults of 8 MiB jobs and 1 MiB reads):
+READ_SIZE = 128 * 1024  # bytes read from tar per step (glibc's mmap threshold)
+ZSTD_JOB_SIZE = 4 * 1024 * 1024  # input per zstd worker job
+ZSTD_WORKERS = min(4, os.cpu_count() or 1)  # tar and age each use one core; more buys nothing
+ARCHIVE_MODE = 0o640
+MAX_WARNINGS = 20  # tar warning lines kept in the recorded outcome
+
+
+class _Interrupted(Exception):
+    """SIGTERM or SIGINT arrived; raised from the signal handler to unwind and clean up."""
+
+
+@dataclass(frozen=True)
+class Made:
+    """A complete archive, renamed to its final name, with its sidecar."""
+
+    name: str
+    path: Path
+    size: int
+    sha256: str
+    duration: float
+    warnings: tuple[str, ...]
+
+
+def _member(path: Path) -> str:
+    """How tar, run in '/', names an absolute path: without its leading '/'."""
+    return str(path).lstrip("/") or "."
+
+
+def tar_command(
+    tar: str, sources: tuple[Path, ...], exclude: tuple[str, ...], destination: Path
+) -> list[str]:
+    """The GNU tar invocation (pure). Exclude patterns are tar's: globs matching any tail."""
+    cmd = [tar, "--create", "--file=-", "--directory=/", "--format=gnu", "--sort=name"]
+    if _member(destination) != ".":
+        # Anchored and literal: exactly the destination folder, whatever its name contains.
+        cmd += ["--anchored", "--no-wildcards", f"--exclude={_member(destination)}"]
+        cmd += ["--wildcards", "--no-anchored"]
+    cmd += [f"--exclude={pattern}" for pattern in exclude]
+    return [*cmd, "--", *(_member(s) for s in sources)]
+
+
+class _CompressedTar:
+    """File-like reader for pyrage: tar's output, zstd-compressed, in small bounded pieces.
+
+    pyrage pulls 8 KiB at a time; we read tar READ_SIZE at a time and serve the compressed
+    output from one buffer, so memory is bounded by one compressed step plus zstd's jobs.
+    """
+
+    def __init__(self, source: IO[bytes], level: int) -> None:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=ZSTD_WORKERS, job_size=ZSTD_JOB_SIZE, write_checksum=1
+        )
+        compressor = zstandard.ZstdCompressor(compression_params=params)
+        self._zstd = compressor.compressobj()
+        self._source = source
+        self._buf = b""
+        self._pos = 0
+        self._eof = False
+        self.error: BaseException | None = None  # the real cause, which pyrage stringifies
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            while self._pos >= len(self._buf):
+                if self._eof:
+                    return b""
+                chunk = self._source.read(READ_SIZE)
+                if chunk:
+                    self._buf = self._zstd.compress(chunk)
+                else:
+                    self._buf = self._zstd.flush()
+                    self._eof = True
+                self._pos = 0
+            end = len(self._buf) if n < 0 else self._pos + n
+            out = self._buf[self._pos : end]
+            self._pos += len(out)
+            return out
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+
+
+class _HashingWriter:
+    """File-like writer for pyrage: writes the ciphertext and hashes it on the way."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.error: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._f.write(data)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[Callable[[], str | None]]:
+    """Turn the first SIGTERM/SIGINT into an exception; yields "which signal came, if any".
+
+    The exception may surface inside pyrage (which re-raises it as EncryptError), so the
+    caller asks this flag instead of trusting the exception type. Later signals are ignored
+    so that the cleanup they would interrupt can finish.
+    """
+    received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if received:
+            return
+        received.append(signal.Signals(signum).name)
+        raise _Interrupted(received[0])
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _locked(destination: Path) -> Iterator[None]:
+    """One archive run per destination (a manual run next to the timer would clash)."""
+    fd = os.open(destination, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsbagentError(
+                f"another `usbagent archive` is writing to {destination}; try again later"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _free_name(destination: Path, prefix: str) -> naming.ArchiveName:
+    """A name for an archive made now that does not exist yet (names have 1 s resolution)."""
+    while True:
+        now = datetime.now(UTC)
+        name = naming.make(prefix, now)
+        if not any((destination / n).exists() for n in (name.filename, name.sidecar)):
+            return name
+        time.sleep(1.0 - now.microsecond / 1e6)  # until the next second starts
+
+
+def _tar_messages(errors: IO[bytes]) -> list[str]:
+    errors.seek(0)
+    text = errors.read(64 * 1024).decode("utf-8", "replace")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _check_tar(status: int, messages: list[str]) -> tuple[str, ...]:
+    """Warnings to keep for exit status 0/1; raise for any other status (see module doc)."""
+    if status in (0, 1):
+        return tuple(messages[:MAX_WARNINGS])
+    detail = messages[-1] if messages else "no message"
+    if status < 0:
+        raise UsbagentError(f"tar was killed by {signal.Signals(-status).name} ({detail})")
+    raise UsbagentError(f"tar failed with exit status {status}: {detail}")
+
+
+def _stream_failure(exc: BaseException, *causes: BaseException | None) -> BaseException:
+    """The real error behind a pyrage EncryptError (it only keeps the text of a cause)."""
+    for cause in causes:
+        if cause is not None:
+            return cause
+    return exc
+
+
+def write_archive(
+    config: Config, ready: preflight.Ready, final: Path
+) -> tuple[int, str, tuple[str, ...]]:
+    """tar -> zstd -> age into `final` atomically; returns (size, sha256 hex, tar warnings)."""
+    cmd = tar_command(
+        ready.tar, config.archive.sources, config.archive.exclude, config.archive.destination
+    )
+    log.debug("running %s", " ".join(cmd))
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors
+        )
+        assert proc.stdout is not None
+        try:
+            with atomic_writer(final, ARCHIVE_MODE) as f:
+                reader = _CompressedTar(proc.stdout, config.archive.compression_level)
+                writer = _HashingWriter(f)
+                try:
+                    pyrage.encrypt_io(reader, writer, list(ready.recipients))
+                except pyrage.EncryptError as exc:
+                    raise _stream_failure(exc, reader.error, writer.error) from exc
+                warnings = _check_tar(proc.wait(), _tar_messages(errors))
+        except OSError as exc:  # ENOSPC, EIO from write or fsync: name the file and the cause
+            partial = f"{final}{naming.PARTIAL}"
+            raise UsbagentError(f"writing {partial} failed: {exc.strerror or exc}") from exc
+        finally:
+            proc.stdout.close()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    return writer.size, writer.sha256.hexdigest(), warnings
+
+
+def make_archive(config: Config) -> Made:
+    """Preflight, then one archive plus sidecar in the destination (no retention)."""
+    ready = preflight.check(config)
+    destination = config.archive.destination
+    with _locked(destination):
+        for leftover in ready.stale_partials:
+            log.info("removing %s, left by an interrupted run", leftover)
+            leftover.unlink(missing_ok=True)
+        name = _free_name(destination, config.archive_prefix)
+        started = time.monotonic()
+        final = destination / name.filename
+        size, digest, warnings = write_archive(config, ready, final)
+        write_atomic(destination / name.sidecar, f"{digest}  {name.filename}\n".encode())
+        duration = time.monotonic() - started
+    for line in warnings:
+        log.warning("tar: %s", line)
+    return Made(name.filename, final, size, digest, duration, warnings)
+
+
+def prune(config: Config, now: datetime) -> list[str]:
+    """Apply retention in the destination; returns the file names deleted."""
+    destination = config.archive.destination
+    doomed = retention.plan(
+        [p.name for p in destination.iterdir()],
+        config.archive_prefix,
+        now,
+        config.archive.keep_days,
+    )
+    for filename in doomed:
+        (destination / filename).unlink(missing_ok=True)
+        log.info("retention: deleted %s", filename)
+    if doomed:
+        fsync_dir(destination)
+    return doomed
+
+
+def _record(config: Config, outcome: Outcome) -> None:
+    """Record the outcome; a broken state dir must not hide what happened to the archive."""
+    try:
+        state.record(config.agent, outcome)
+    except Exception as exc:
+        log.error(
+            "could NOT record this result in the state dir %s (%s): `usbagent status` will "
+            "not show it. Result: %s",
+            config.agent.state_dir,
+            exc,
+            outcome.summary,
+        )
+
+
+def _describe(exc: BaseException, signal_name: str | None) -> str:
+    if signal_name:
+        return f"stopped by {signal_name}; the partial archive was removed"
+    if isinstance(exc, UsbagentError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _human(size: int) -> str:
+    return f"{size / 1024**2:.1f} MiB"
+
+
+def _failure_outcome(error: str, made: Made | None) -> Outcome:
+    details: dict[str, Any] = {"error": error}
+    if made is not None:  # the archive exists; only retention failed
+        details.update(archive=made.name, size=made.size, sha256=made.sha256)
+    return Outcome(kind="archive", ok=False, summary=error, details=details)
+
+
+def archive_now(config: Config) -> Outcome:
+    """Make the archive, prune, record the outcome; UsbagentError unless all of it worked."""
+    made: Made | None = None
+    with _signals_raise() as interrupted:
+        try:
+            made = make_archive(config)
+            pruned = prune(config, datetime.now(UTC))
+        except (Exception, KeyboardInterrupt) as exc:
+            log.debug("archive failed", exc_info=True)
+            error = _describe(exc, interrupted())
+            if made is not None:
+                error = f"archive {made.name} written, but retention failed: {error}"
+            _record(config, _failure_outcome(error, made))
+            raise UsbagentError(error) from None
+    summary = f"archive {made.name} written ({_human(made.size)}, {made.duration:.1f} s)"
+    if pruned:
+        summary += f", {len([n for n in pruned if naming.parse(n)])} old archive(s) pruned"
+    if made.warnings:
+        summary += f"; tar warned: {made.warnings[0]}"
+    details = {
+        "archive": made.name,
+        "size": made.size,
+        "duration": round(made.duration, 3),
+        "sha256": made.sha256,
+        "pruned": pruned,
+        "warnings": list(made.warnings),
+    }
+    outcome = Outcome(kind="archive", ok=True, summary=summary, details=details)
+    _record(config, outcome)
+    return outcome
+
+
+def run(config: Config | None, args: Any) -> int:
+    if config is None:
+        raise UsbagentError("archive needs a config file (pass --config)")
+    print(archive_now(config).summary)
+    return 0

@@ -1,0 +1,129 @@
+"""`usbagent verify PATH... [--identity FILE]`: is each archive intact, and can it be read?
+
+Without an identity: the archive's sha256 must match its `.sha256` sidecar (a missing or
+malformed sidecar is a failure: an archive nobody can check is not a verified backup).
+With an identity (`--identity`, else the configured one or its systemd credential), the
+archive is also decrypted, decompressed and its tar stream read to the very end, which is
+what a restore would need. A folder means every archive in it; a folder without archives
+fails, so a wrong path never verifies "successfully" nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from usbagent import credentials, naming
+from usbagent.config import Config
+from usbagent.decrypt import members, open_tar
+from usbagent.errors import UsbagentError
+from usbagent.recipients import Identity, load_identities
+
+_SIDECAR_LINE = re.compile(r"^(?P<hex>[0-9a-fA-F]{64}) [ *](?P<name>.+)$")
+
+
+@dataclass(frozen=True)
+class Checked:
+    path: Path
+    problem: str | None  # None: intact
+    detail: str = ""
+
+
+def parse_sidecar(text: str, archive_name: str) -> str:
+    """The hex digest a sidecar states for `archive_name`; ValueError says what is wrong."""
+    lines = text.splitlines()
+    match = _SIDECAR_LINE.match(lines[0]) if len(lines) == 1 else None
+    if match is None:
+        raise ValueError("sidecar is not one `sha256sum` line")
+    if match["name"] != archive_name:
+        raise ValueError(f"sidecar is for {match['name']!r}, not for this archive")
+    return match["hex"].lower()
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def expand(paths: list[str]) -> tuple[list[Path], list[Checked]]:
+    """Archives named by the arguments (folders expanded) and failures for bad arguments."""
+    found: list[Path] = []
+    bad: list[Checked] = []
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if naming.parse(p.name) and p.is_file())
+            if not inside:
+                bad.append(Checked(path, "no archives (*.tar.zst.age) in this folder"))
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            bad.append(Checked(path, "no such file or folder"))
+    return found, bad
+
+
+def check_checksum(archive: Path) -> str | None:
+    """None when the archive matches its sidecar, else the problem."""
+    sidecar = archive.with_name(archive.name + naming.SIDECAR)
+    try:
+        expected = parse_sidecar(sidecar.read_text(errors="replace"), archive.name)
+    except FileNotFoundError:
+        return f"sidecar {sidecar.name} is missing"
+    except ValueError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"sidecar {sidecar.name} cannot be read: {exc.strerror}"
+    try:
+        actual = sha256_of(archive)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if actual != expected:
+        return f"checksum mismatch: sidecar says {expected[:16]}…, file has {actual[:16]}…"
+    return None
+
+
+def read_through(archive: Path, identities: list[Identity]) -> str:
+    """Decrypt and read the whole tar stream; returns a summary, raises UsbagentError."""
+    count = size = 0
+    with open_tar(archive, identities) as tar:
+        for member in members(tar):
+            count += 1
+            size += member.size if member.isreg() else 0
+    return f"decrypted and read {count} members, {size / 1024**2:.1f} MiB"
+
+
+def check(archive: Path, identities: list[Identity] | None) -> Checked:
+    problem = check_checksum(archive)
+    if problem or identities is None:
+        return Checked(archive, problem, "checksum ok" if not problem else "")
+    try:
+        detail = read_through(archive, identities)
+    except UsbagentError as exc:
+        return Checked(archive, f"checksum ok, but {exc}")
+    return Checked(archive, None, f"checksum ok, {detail}")
+
+
+def identity_file(config: Config | None, option: str | None) -> Path | None:
+    """--identity wins; else the configured identity (or its systemd credential)."""
+    if option:
+        return Path(option)
+    return credentials.identity_path(config) if config is not None else None
+
+
+def run(config: Config | None, args: Any) -> int:
+    key = identity_file(config, args.identity)
+    identities = load_identities(key) if key is not None else None
+    archives, results = expand(args.paths)
+    results += [check(a, identities) for a in archives]
+    for r in results:
+        if r.problem:
+            print(f"FAILED  {r.path}: {r.problem}")
+        else:
+            print(f"OK      {r.path}: {r.detail}")
+    failed = sum(1 for r in results if r.problem)
+    print(f"{len(results)} checked, {failed} failed" + ("" if key else " (checksums only)"))
+    return 1 if failed else 0
