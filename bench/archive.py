@@ -5,18 +5,22 @@
 On one data set (default "large", >= 1 GB: a copy of this Python installation's stdlib,
 tens of thousands of small files, plus a few incompressible random files), in one run:
 
-  A  usbagent archive                                        (GNU tar -> zstd -> age, fsync, sha256)
-  B  tar -cf - DATA | zstd -T0 -3 | age -r R -o OUT          (the best shell pipeline)
-  C  tar -czf - DATA | pigz -c | age -r R -o OUT             (what people run today, as written:
-                                                             gzip inside tar, then pigz again)
+  A  usbagent archive                                   (tar -> zstd -> age, fsync, sha256)
+  B  tar -cf - DATA | zstd -T0 -3 | age -r R -o OUT     (the best shell pipeline)
+  C  tar -czf - DATA | pigz -c | age -r R -o OUT        (what people run today, as written:
+                                                        gzip inside tar, then pigz again)
 
-A and B run alternately `--rounds` times (noise on a shared machine hits both alike), C
-once (it is slow); medians are compared. A's peak RSS is measured for the Python process
-itself (VmHWM from /proc, sampled until it exits) and, for reference, for its whole tree
-(wait4's ru_maxrss, which includes the tar child); A also runs on the "small" set to show
-its memory does not grow with the data. The page cache is warm for every run: the data is
-read once (tar to a pipe) before each timed command, so all of them start equal. Data is
-cached under /var/tmp/usbagent-bench and reused; outputs are deleted after each run.
+A runs once into an empty destination (its preflight then walks the sources to estimate
+the space needed), then A and B run alternately `--rounds` times (noise on a shared
+machine hits both alike) with A's previous archive left in place, as every night after
+the first; C runs once (it is slow). Medians are compared.
+
+A's peak RSS is measured for the Python process itself (VmHWM from /proc, sampled until it
+exits) and, for reference, for its whole tree (wait4's ru_maxrss, which includes the tar
+child); A also runs on the "small" set to show its memory does not grow with the data.
+The page cache is warm for every run: the data is read once (tar to a pipe) before each
+timed command, so all of them start equal. Data is cached under /var/tmp/usbagent-bench
+and reused; outputs are deleted after each run.
 
 Targets (issue 2): A <= 1.1 x B, C >= 5 x A, A's peak RSS <= 200 MB and flat.
 Note that A does strictly more than B: it fsyncs the archive and its folder and writes a
@@ -148,7 +152,7 @@ def run_a(config: Path, out_dir: Path) -> Result:
         if proc.returncode != 0:
             errors.seek(0)
             raise SystemExit(f"usbagent archive failed: {errors.read().decode()}")
-    size = sum(p.stat().st_size for p in out_dir.glob("*.tar.zst.age"))
+    size = max(out_dir.glob("*.tar.zst.age")).stat().st_size  # the newest: this run's
     return Result("A", seconds, size, max(samples, default=0), usage.ru_maxrss * 1024)
 
 
@@ -180,9 +184,14 @@ class Bench:
         self.recipients = work / "recipients.txt"
         self.recipients.write_text(recipient + "\n")
 
-    def clean(self) -> None:
-        for p in [*(self.work / "A").iterdir(), *self.work.glob("out.*")]:
-            p.unlink()
+    def clean(self, keep_newest_archive: bool = True) -> None:
+        """Remove outputs; A's newest archive stays, as last night's would (steady state)."""
+        made = sorted((self.work / "A").iterdir())
+        newest = max((p for p in made if p.name.endswith(".tar.zst.age")), default=None)
+        keep = {newest, newest.with_name(newest.name + ".sha256")} if newest else set()
+        for p in [*made, *self.work.glob("out.*")]:
+            if p not in keep or not keep_newest_archive:
+                p.unlink()
 
     def a(self, data: Path) -> Result:
         warm(data)
@@ -227,15 +236,18 @@ def main() -> int:
     print(describe(data))
     print(f"load average at start: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} CPUs)")
 
+    first = bench.a(data)  # empty destination: preflight sizes the sources (a walk)
+    print(f"A, first run (empty destination): {first.seconds:.2f} s")
     a_runs: list[Result] = []
     b_runs: list[Result] = []
     for i in range(args.rounds):
-        a_runs.append(bench.a(data))
+        a_runs.append(bench.a(data))  # last run's archive present, as every night
         b_runs.append(bench.b(data))
         print(f"round {i + 1}: A {a_runs[-1].seconds:.2f} s, B {b_runs[-1].seconds:.2f} s")
     c = None if args.skip_c else bench.c(data)
     if c:
         print(f"C {c.seconds:.2f} s")
+    bench.clean(keep_newest_archive=False)
     a_small = [bench.a(small) for _ in range(2)]
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 

@@ -131,8 +131,9 @@ def run_backend(backend: str, plugs: int, big_mb: int, work: Path) -> None:
             mountpoint = f"/media/root/{label}" if backend == "udisks2" else f"{MOUNT_BASE}/{uuid}"
             latencies.append(first_byte_latency(image, mountpoint, agent))
         ms = sorted(round(x * 1000, 1) for x in latencies)
+        median = statistics.median(ms)
         print(
-            f"{backend}: plug -> first byte over {plugs} plugs: median {statistics.median(ms)} ms, "
+            f"{backend}: plug -> first byte over {plugs} plugs: median {median:.1f} ms, "
             f"min {ms[0]} ms, max {ms[-1]} ms (target < 500 ms median)"
         )
         print(f"{backend}:   all (ms): {ms}")

@@ -137,7 +137,9 @@ class Agent:
         self.bus = EventBus()
         self.queue: EventQueue = asyncio.Queue()
         self.present: dict[str, Partition] = {}  # device key -> latest facts
-        self.handled: set[str] = set()  # device keys decided during their current plug
+        # device key -> fs UUID decided during its current plug (a new UUID on the same
+        # device is a reformatted or swapped stick, even if its removal was never seen)
+        self.handled: dict[str, str] = {}
         self.jobs: dict[str, Job] = {}  # stick id -> job in progress
         self.last_error: str | None = None
         self.lags: list[float] = []  # loop scheduling delays since the last heartbeat
@@ -329,7 +331,7 @@ class Agent:
         log.debug("%s %s %s", action, p.device, p)
         if action == "removed":
             self.present.pop(p.key, None)
-            self.handled.discard(p.key)
+            self.handled.pop(p.key, None)
             for job in self.jobs.values():
                 if job.partition.key == p.key:
                     log.warning("%s was removed while being served", describe(p))
@@ -343,7 +345,7 @@ class Agent:
 
     def _consider(self, p: Partition) -> None:
         """Serve `p` if it is ours, not yet decided during this plug and not already busy."""
-        if p.key in self.handled or self._stop.is_set():
+        if self.handled.get(p.key) == p.uuid or self._stop.is_set():
             return
         if not label_matches(p, self.config.usb):
             log.debug(
@@ -353,7 +355,7 @@ class Agent:
         if stick_id(p) in self.jobs:
             log.debug("%s is being served already; later", p.device)
             return
-        self.handled.add(p.key)
+        self.handled[p.key] = p.uuid
         job = Job(partition=p)
         self.jobs[stick_id(p)] = job
         job.task = self._spawn(self._serve(job))
@@ -457,11 +459,12 @@ class Agent:
             outcome = None
         lag = lag_summary(job.lags)
         log.info(
-            "sync of %s took %.1f s; event loop lag meanwhile: max %.1f ms, p99 %.1f ms",
+            "sync of %s took %.1f s; event loop lag meanwhile: max %.1f ms, p99 %.1f ms (%d)",
             describe(p),
             time.monotonic() - started,
             lag["max_ms"],
             lag["p99_ms"],
+            len(job.lags),
         )
         return outcome
 

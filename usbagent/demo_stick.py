@@ -107,7 +107,14 @@ def detach(loop: str) -> None:
     """Unplug: unmount whatever is mounted from `loop`, drop its partitions, detach it."""
     for point in _mounts_of(loop):
         subprocess.run(["umount", point], capture_output=True, check=False)
-    subprocess.run(["partx", "--delete", loop], capture_output=True, check=False)
+    # Without partscan the kernel keeps partitions on a detached loop device (and shows them
+    # on the next image attached there), so they must really go; udev probing after the
+    # unmount can hold them busy for a moment.
+    deadline = time.monotonic() + WAIT_SECONDS
+    while Path(f"{loop}p1").exists() and time.monotonic() < deadline:
+        subprocess.run(["partx", "--delete", loop], capture_output=True, check=False)
+        if Path(f"{loop}p1").exists():
+            time.sleep(0.05)
     subprocess.run(["losetup", "--detach", loop], capture_output=True, check=False)
     # While udev/UDisks2 still hold it open, detach only sets autoclear; the device (and the
     # name losetup --find hands out next) is free once the backing file link is gone.

@@ -107,10 +107,10 @@ class _Selection:
 
 
 def _exists_reason(member: tarfile.TarInfo, dest: str) -> str | None:
-    path = os.path.join(dest, member.name)
+    path = Path(dest, member.name)
     if not os.path.lexists(path):
         return None
-    if member.isdir() and os.path.isdir(path) and not os.path.islink(path):
+    if member.isdir() and path.is_dir() and not path.is_symlink():
         return None
     return "already exists in the target folder (not overwritten)"
 

@@ -465,3 +465,20 @@ def test_demo_stick_step_without_root_says_what_it_skipped() -> None:
         out.stdout.strip()
         == "skipped: making a loop-device stick needs root (run `sudo usbagent demo`)"
     ), out
+
+
+@pytest.mark.parametrize("backend", ["udisks2", "udev"])
+def test_stick_formatted_while_plugged_in_is_served_each_time(
+    backend: str, env: Env, make_stick: MakeStick, start_agent: type[Agent]
+) -> None:
+    """The label appears after the plug (mkfs on a plugged stick): served; formatted again
+    (a new filesystem UUID on the same device): served again, as a new stick."""
+    env.write_config(backend)
+    names = [write_archive(env.destination, 1, MIB)]
+    agent = start_agent()
+    stick = make_stick(PartSpec(label="not-ours"))
+    for _ in range(2):
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", env.label, stick.device(0)], check=True)
+        kind, summary = agent.outcome()
+        assert kind == "sync" and "copied 1 archive(s)" in summary, summary
+        assert_served(stick, env, names)
