@@ -142,7 +142,7 @@ def run_backend(backend: str, plugs: int, big_mb: int, work: Path) -> None:
                 image.unlink()
             write_archive(destination, 5, big_mb * MIB)  # newest: the one a fresh stick gets
             big = work / backend / "big.img"
-            demo_stick.make_image(big, label, size_mib=big_mb + 200)
+            demo_stick.make_image(big, label, size_mib=big_mb * 11 // 10 + 200)  # ext4 overhead
             mark = len(agent.lines)
             start = time.monotonic()
             with demo_stick.attached(big):

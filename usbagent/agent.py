@@ -54,6 +54,7 @@ FRESHNESS_PERIOD = 300.0  # how often to look for a stale newest archive
 LAG_PROBE = 0.1  # loop-lag probe period
 # sync_mounted ends an ok summary with this; once unmounted we can say it without the "after"
 SYNC_TAIL = "safe to remove after unmount"
+PROBE_GRACE = 3.0  # seconds a labelled partition may lack filesystem facts before it is judged
 PROGRESS_EVERY = 0.5  # seconds between progress updates forwarded from a sync thread
 
 
@@ -141,6 +142,7 @@ class Agent:
         # device is a reformatted or swapped stick, even if its removal was never seen)
         self.handled: dict[str, str] = {}
         self.jobs: dict[str, Job] = {}  # stick id -> job in progress
+        self._unprobed: dict[str, asyncio.TimerHandle] = {}  # device key -> grace timer
         self.last_error: str | None = None
         self.lags: list[float] = []  # loop scheduling delays since the last heartbeat
         self._stop = asyncio.Event()
@@ -332,6 +334,8 @@ class Agent:
         if action == "removed":
             self.present.pop(p.key, None)
             self.handled.pop(p.key, None)
+            if (timer := self._unprobed.pop(p.key, None)) is not None:
+                timer.cancel()
             for job in self.jobs.values():
                 if job.partition.key == p.key:
                     log.warning("%s was removed while being served", describe(p))
@@ -343,7 +347,7 @@ class Agent:
         self.present[p.key] = p
         self._consider(p)
 
-    def _consider(self, p: Partition) -> None:
+    def _consider(self, p: Partition, waited: bool = False) -> None:
         """Serve `p` if it is ours, not yet decided during this plug and not already busy."""
         if self.handled.get(p.key) == p.uuid or self._stop.is_set():
             return
@@ -352,6 +356,11 @@ class Agent:
                 "ignoring %s: label %r / name %r not configured", p.device, p.label, p.part_name
             )
             return
+        if not (p.fstype or p.uuid or waited):
+            self._wait_for_probe(p)
+            return
+        if (timer := self._unprobed.pop(p.key, None)) is not None:
+            timer.cancel()
         if stick_id(p) in self.jobs:
             log.debug("%s is being served already; later", p.device)
             return
@@ -359,6 +368,20 @@ class Agent:
         job = Job(partition=p)
         self.jobs[stick_id(p)] = job
         job.task = self._spawn(self._serve(job))
+
+    def _wait_for_probe(self, p: Partition) -> None:
+        """A labelled partition without filesystem facts yet: udev/UDisks2 may still be
+        probing it (a big stick takes a moment). Judge it only if it stays that way, so a
+        stick that is fine never gets a false "unknown filesystem" refusal."""
+        if p.key not in self._unprobed:
+            log.debug("%s: no filesystem facts yet; waiting %.0f s", p.device, PROBE_GRACE)
+            loop = asyncio.get_running_loop()
+            self._unprobed[p.key] = loop.call_later(PROBE_GRACE, self._probe_grace_over, p.key)
+
+    def _probe_grace_over(self, key: str) -> None:
+        self._unprobed.pop(key, None)
+        if (p := self.present.get(key)) is not None:
+            self._consider(p, waited=True)
 
     def _job_ended(self, job: Job) -> None:
         self.jobs.pop(stick_id(job.partition), None)
@@ -383,15 +406,12 @@ class Agent:
             "fstype": p.fstype,
         }
 
-    async def _fail(self, p: Partition, what: str, kind: str = "sync") -> None:
-        """A recognised stick that did not get a verified backup: recorded and published."""
+    async def _fail(self, p: Partition, what: str, copied: bool = False) -> None:
+        """A recognised stick that is not done right: recorded and published, never silent."""
         name = describe(p)
-        summary = (
-            f"{name}: {what}"
-            if kind == "refused"
-            else f"{name} plugged in but not backed up: {what}"
-        )
-        outcome = Outcome(kind=kind, ok=False, summary=summary, details=self._facts(p))  # type: ignore[arg-type]
+        state_ = "copies verified, but" if copied else "plugged in but not backed up:"
+        summary = f"{name} {state_} {what}"
+        outcome = Outcome(kind="sync", ok=False, summary=summary, details=self._facts(p))
         await self._report(outcome)
         if p.uuid:
             try:
@@ -482,10 +502,12 @@ class Agent:
         try:
             await self.backend.unmount(p)
         except (DeviceError, TimeoutError) as exc:
-            if outcome is not None:
-                await self._report(outcome, record=False)
-            if not job.pulled:
-                await self._fail(p, f"unmount failed, do not pull it yet: {exc}")
+            if job.pulled:  # nothing left to unmount cleanly; say what the sync said
+                if outcome is not None:
+                    await self._report(outcome, record=False)
+                return
+            copied = outcome is not None and outcome.ok
+            await self._fail(p, f"unmount failed, do not pull it yet: {exc}", copied)
             return
         powered = False
         if self.config.usb.power_off and not job.pulled:

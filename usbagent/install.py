@@ -24,8 +24,9 @@ from usbagent.config import Config
 from usbagent.errors import UsbagentError
 from usbagent.fsutil import write_atomic
 
-# Templates ship beside the package (systemd/, udev/ at the project root).
-PROJECT = Path(__file__).resolve().parent.parent
+# Templates live in systemd/ and udev/ at the project root; a built wheel installs the same
+# files as data under <prefix>/share/usbagent/ (pyproject.toml [tool.setuptools.data-files]).
+TEMPLATE_ROOTS = (Path(__file__).resolve().parent.parent, Path(sys.prefix) / "share" / "usbagent")
 UNIT_TEMPLATES = (
     "usbagent.service",
     "usbagent-archive.service",
@@ -41,6 +42,18 @@ UNITS_LOAD_STAMP = Path("/run/systemd/systemd-units-load")
 ENABLE = ("usbagent-archive.timer", "usbagent.service")
 # Characters udev keeps as-is in ID_FS_LABEL / ID_PART_ENTRY_NAME (others are rewritten).
 UDEV_LABEL_CHARS = frozenset(string.ascii_letters + string.digits + "#+-.:=@_")
+
+
+def template(folder: str, name: str) -> Path:
+    """A unit or rule template, from the source tree or from the installed data files."""
+    for root in TEMPLATE_ROOTS:
+        path = root / folder / name
+        if path.is_file():
+            return path
+    raise UsbagentError(
+        f"template {folder}/{name} not found under {', '.join(map(str, TEMPLATE_ROOTS))}: "
+        "reinstall the package"
+    )
 
 
 def find_executable() -> Path:
@@ -124,7 +137,7 @@ def render(config: Config, usbagent: Path) -> dict[Path, str]:
         "extra_rw": "".join(" " + unit_path(p) for p in extra),
     }
     files = {
-        UNIT_DIR / name: fill((PROJECT / "systemd" / name).read_text(), values)
+        UNIT_DIR / name: fill(template("systemd", name).read_text(), values)
         for name in UNIT_TEMPLATES
     }
     matches = "\n".join(
@@ -132,7 +145,7 @@ def render(config: Config, usbagent: Path) -> dict[Path, str]:
         for label in config.usb.labels
         for prop in ("ID_FS_LABEL", "ID_PART_ENTRY_NAME")
     )
-    rule = (PROJECT / "udev" / RULE_TEMPLATE).read_text()
+    rule = template("udev", RULE_TEMPLATE).read_text()
     files[RULE_DIR / RULE_TEMPLATE] = fill(
         rule, {"matches": matches, "config": str(config.path.resolve())}
     )

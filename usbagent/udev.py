@@ -32,6 +32,7 @@ MOUNT_OPTIONS = "nosuid,nodev,noexec"
 TOOL_TIMEOUT = 120.0
 RECEIVE_BUFFER = 8 * 1024 * 1024  # a burst of events (a hub of sticks) must not overflow it
 _ESCAPE = re.compile(r"\\([0-7]{3})")
+_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 def _unescape(field: str) -> str:
@@ -102,6 +103,21 @@ def _facts(device: pyudev.Device) -> Partition | None:
     return facts_from_udev(str(device.sys_path), props, size, drive, _read_mounts())
 
 
+def mount_name(p: Partition) -> str:
+    """Our mount point's name: the filesystem UUID when it is a plain token (a crafted
+    filesystem must not name a path like "../../etc"), else the device's name (pure)."""
+    return p.uuid if _TOKEN.match(p.uuid) else Path(p.device).name
+
+
+def _remove_stale_mountpoints(base: Path) -> None:
+    """Empty mount points left by a killed agent (only ours, only empty, never mounted)."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in base.iterdir():
+            if entry.is_dir() and not entry.is_symlink() and not entry.is_mount():
+                with contextlib.suppress(OSError):  # not empty: not ours to judge
+                    entry.rmdir()
+
+
 async def _run(*argv: str) -> None:
     """Run a tool; a non-zero exit becomes DeviceError with its stderr."""
     proc = await asyncio.create_subprocess_exec(
@@ -135,6 +151,7 @@ class UdevBackend:
 
     async def start(self, queue: EventQueue) -> None:
         self._queue = queue
+        _remove_stale_mountpoints(self._mount_base)
         monitor = pyudev.Monitor.from_netlink(self._context, source="udev")
         monitor.filter_by("block")
         with contextlib.suppress(OSError, ValueError):  # needs CAP_NET_ADMIN; best effort
@@ -185,8 +202,7 @@ class UdevBackend:
         if existing:
             log.info("%s already mounted at %s; using that", partition.device, existing[0])
             return Path(existing[0])
-        name = partition.uuid or Path(partition.device).name
-        target = self._mount_base / name
+        target = self._mount_base / mount_name(partition)
         self._mount_base.mkdir(mode=0o700, parents=True, exist_ok=True)
         target.mkdir(mode=0o700, exist_ok=True)
         fstype = ["-t", partition.fstype] if partition.fstype else []
@@ -200,7 +216,7 @@ class UdevBackend:
         return target
 
     async def unmount(self, partition: Partition) -> None:
-        target = self._ours.pop(partition.key, None)
+        target = self._ours.get(partition.key)
         try:
             mounted = self._current_mounts(partition)
         except OSError:  # device node gone (stick pulled): only our own mount can be left
@@ -209,6 +225,7 @@ class UdevBackend:
             mounted = ()
         for point in mounted:
             await _run("umount", point)
+        self._ours.pop(partition.key, None)
         if target is not None:
             with contextlib.suppress(OSError):
                 target.rmdir()

@@ -54,7 +54,9 @@ def partition_facts(
     """The Partition an object denotes, or None if it is not a candidate (pure).
 
     Candidates are block devices that are partitions or carry a filesystem directly (a
-    stick formatted without a partition table); partitioned whole disks are not.
+    stick formatted without a partition table); partitioned whole disks are not. A
+    filesystem whose Filesystem interface has not appeared yet is not ready (it could not
+    be mounted): it is reported once it is.
     """
     ifaces = objects.get(path, {})
     block = ifaces.get(BLOCK)
@@ -62,6 +64,8 @@ def partition_facts(
         return None
     part = ifaces.get(PARTITION, {})
     fs = ifaces.get(FILESYSTEM)
+    if block.get("IdUsage") == "filesystem" and fs is None:
+        return None  # probed, but UDisks2 has not added the Filesystem interface yet
     drive_path = str(block.get("Drive", "/"))
     drive = objects.get(drive_path, {}).get(DRIVE)
     device = _text(block.get("Device"))

@@ -29,6 +29,7 @@ import pytest
 from tests.stack import MakeStick, PartSpec, Stick
 from tests.stack.sticks import mountpoints_of, unmount
 from usbagent import demo_stick, naming, state
+from usbagent.agent import PROBE_GRACE
 from usbagent.agent import Agent as AgentDaemon
 from usbagent.config import load
 from usbagent.events import Outcome
@@ -482,3 +483,68 @@ def test_stick_formatted_while_plugged_in_is_served_each_time(
         kind, summary = agent.outcome()
         assert kind == "sync" and "copied 1 archive(s)" in summary, summary
         assert_served(stick, env, names)
+
+
+def test_unformatted_partition_with_the_name_is_refused_after_the_probe_grace(
+    env: Env, make_stick: MakeStick, start_agent: type[Agent]
+) -> None:
+    """`parted mkpart <label>` without mkfs: refused (unknown filesystem), but only after the
+    grace period in which udev/UDisks2 could still be probing it."""
+    write_archive(env.destination, 1, MIB)
+    agent = start_agent()
+    started = time.monotonic()
+    make_stick(PartSpec(fstype="none", name=env.label))
+    kind, summary = agent.outcome()
+    assert kind == "refused" and "filesystem type is unknown" in summary, summary
+    assert time.monotonic() - started >= PROBE_GRACE
+
+
+@pytest.mark.parametrize("backend", ["udisks2", "udev"])
+def test_busy_stick_that_cannot_be_unmounted_is_reported_not_safe(
+    backend: str, env: Env, make_stick: MakeStick, start_agent: type[Agent]
+) -> None:
+    """Someone's shell sits in the stick's folder: copies are fine, but the person must
+    hear "do not pull it yet" instead of "safe to remove"."""
+    env.write_config(backend)
+    write_archive(env.destination, 1, 200 * MIB)
+    agent = start_agent()
+    stick = make_stick(PartSpec(label=env.label, size_mb=300))
+    partial = _wait_for_partial(stick)
+    squatter = subprocess.Popen(["sleep", "120"], cwd=partial.parent.parent)
+    try:
+        kind, summary = agent.outcome()
+        assert kind == "sync" and "copies verified, but unmount failed" in summary, summary
+        assert "do not pull it yet" in summary and "safe to remove" not in summary
+        last_error = json.loads((env.state_dir / "last-error.json").read_text())
+        assert "do not pull it yet" in last_error["summary"]
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_watchdog_pings_stop_when_the_event_source_dies(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack: object
+) -> None:
+    """A dead D-Bus connection must end the WATCHDOG=1 pings (systemd then restarts us).
+    The shared system bus cannot be killed here, so the agent's own connection is closed."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # a ping every 0.5 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    config = load(env.config)
+
+    async def scenario() -> None:
+        backend = UDisksBackend()
+        agent = AgentDaemon(config, backend, Watchdog())
+        runner = asyncio.create_task(agent.run())
+        await asyncio.to_thread(notify.wait, lambda m: m == "WATCHDOG=1", 5)
+        assert backend._bus is not None
+        backend._bus.disconnect()  # the connection drops, as when dbus-daemon dies
+        gone = await asyncio.to_thread(notify.wait, lambda m: "event source is gone" in m, 5)
+        assert gone.startswith("STATUS=")
+        with pytest.raises(AssertionError):  # no ping for 4 intervals
+            await asyncio.to_thread(notify.wait, lambda m: m == "WATCHDOG=1", 2)
+        agent.stop()
+        assert await runner == 0
+
+    asyncio.run(scenario())

@@ -12,7 +12,7 @@ from usbagent.backend import EventQueue, emit
 from usbagent.config import AgentConfig
 from usbagent.devices import Partition
 from usbagent.events import Outcome
-from usbagent.udev import facts_from_udev, is_candidate, mountpoints_by_devnum
+from usbagent.udev import facts_from_udev, is_candidate, mount_name, mountpoints_by_devnum
 from usbagent.udisks import BLOCK, DRIVE, FILESYSTEM, LOOP, PARTITION, partition_facts
 
 ROOT = "/org/freedesktop/UDisks2"
@@ -77,6 +77,16 @@ def test_udisks_unformatted_partition_is_still_reported_for_policy() -> None:
     objects = {part: {BLOCK: _block("/dev/sdc1", IdType=""), PARTITION: {"Name": "backup"}}}
     p = partition_facts(part, objects)
     assert p is not None and p.fstype == "" and p.part_name == "backup"
+
+
+def test_udisks_filesystem_not_ready_until_its_interface_appears() -> None:
+    """Probed as a filesystem but no Filesystem interface yet: it could not be mounted."""
+    part = f"{ROOT}/block_devices/sdd1"
+    block = _block("/dev/sdd1", IdUsage="filesystem")
+    objects: dict[str, dict[str, dict[str, object]]] = {part: {BLOCK: block, PARTITION: {}}}
+    assert partition_facts(part, objects) is None
+    objects[part][FILESYSTEM] = {"MountPoints": []}
+    assert partition_facts(part, objects) is not None
 
 
 def test_udev_facts_and_candidates() -> None:
@@ -182,3 +192,12 @@ def test_outcomes_recorded_from_concurrent_sync_threads_all_land(tmp_path: Path)
     assert errors == []
     assert len(state.events(tmp_path)) == 200
     assert state.last_error(tmp_path) is not None
+
+
+def test_udev_mount_point_name_cannot_escape_the_mount_folder() -> None:
+    assert (
+        mount_name(_p("k", uuid="3bf5b5e7-442e-48d4", device="/dev/sdb1")) == "3bf5b5e7-442e-48d4"
+    )
+    assert mount_name(_p("k", uuid="abcd-1234", device="/dev/sdb1")) == "abcd-1234"
+    for hostile in ("../../etc", "a/b", "", ".hidden", "x" * 80):
+        assert mount_name(_p("k", uuid=hostile, device="/dev/sdb1")) == "sdb1"
