@@ -47,7 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="usbagent",
-        description="Encrypted nightly archives, copied to a labeled USB stick when it is plugged in.",
+        description="Encrypted nightly archives, copied to a labeled USB stick when plugged in.",
     )
     parser.add_argument("--version", action="version", version=f"usbagent {__version__}")
     _common(parser)
@@ -107,10 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     path = resolve_path(getattr(args, "config", None))
     try:
-        if args.command in NO_CONFIG_NEEDED and not path.exists():
-            config = None
-        else:
-            config = load(path)
+        config = None if args.command in NO_CONFIG_NEEDED and not path.exists() else load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"usbagent: config {exc.path}: {problem}", file=sys.stderr)

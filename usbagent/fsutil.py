@@ -38,7 +38,7 @@ def atomic_writer(final: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.rename(partial, final)
+        partial.rename(final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()

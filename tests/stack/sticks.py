@@ -1,6 +1,6 @@
 """Loop-device "USB sticks": GPT images with real filesystems, plugged in and pulled out.
 
-Plugging in = `losetup -f --show -P` + `partx -a` (this kernel does not scan partition tables
+Plugging in = `losetup -f --show` + `partx -a` (this kernel does not scan partition tables
 by itself), then waiting for the partition nodes and `udevadm settle`, so udev has run its
 rules (ID_FS_*) for every partition before `plug()` returns. Pulling out = unmount whatever
 is mounted from the stick, `partx -d`, `losetup -d`.
@@ -205,7 +205,13 @@ def detach(loop: str, image: str) -> None:
     name = Path(loop).name
     parts = [str(Path("/dev") / p.name) for p in Path(f"/sys/block/{name}").glob(f"{name}p*")]
     unmount_devices([loop, *parts])
-    subprocess.run(["partx", "-d", loop], capture_output=True, check=False)
+
+    def partitions_gone() -> bool:
+        # udev probing after the unmount can hold a partition busy for a moment: retry.
+        subprocess.run(["partx", "-d", loop], capture_output=True, check=False)
+        return not any(Path(p).exists() for p in parts)
+
+    wait_for(partitions_gone, NODE_TIMEOUT, f"partitions of {loop} to be removed")
     subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
     # losetup -d on a device still open (udev/UDisks2 probing) only sets autoclear.
     backing = Path(f"/sys/block/{name}/loop/backing_file")
@@ -238,11 +244,15 @@ class Stick:
         """Attach; returns once every partition node exists and udev has processed it."""
         if self.loop is not None:
             raise StackError(f"{self} is already plugged in")
-        loop = _run("losetup", "-f", "--show", "-P", str(self.image)).stdout.strip()
+        # No -P (partscan): this kernel has no GPT support, and on a partscan loop device
+        # every close-after-write (losetup's own, udev's) re-reads the table and drops the
+        # partitions partx added. Without it they stay until `partx -d`.
+        loop = _run("losetup", "-f", "--show", str(self.image)).stdout.strip()
         self.loop = loop
         partitions = [f"{loop}p{n}" for n in range(1, len(self.parts) + 1)]
         try:
-            # Fails harmlessly ("error adding partition") on kernels that scanned already.
+            # A killed run can leave stale partitions on a detached loop: drop them first.
+            subprocess.run(["partx", "-d", loop], capture_output=True, check=False)
             subprocess.run(["partx", "-a", loop], capture_output=True, check=False)
             wait_for(
                 lambda: all(Path(p).exists() for p in partitions),
