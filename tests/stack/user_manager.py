@@ -17,11 +17,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import usbagent
 from tests.stack.daemons import StackError, wait_for
 
 SYSTEMD = "/lib/systemd/systemd"
@@ -41,13 +43,25 @@ LOG_DROPIN = "[Service]\nStandardOutput=append:{log}\nStandardError=append:{log}
 NOT_UNDER_USER_MANAGER = ("ProtectKernelTunables=", "ProtectControlGroups=")
 
 
+def _installation_under_tmp() -> list[str]:
+    """Folders of the usbagent under test that PrivateTmp= would hide (a checkout in /tmp)."""
+    folders = {Path(sys.prefix).resolve(), Path(usbagent.__file__).resolve().parents[1]}
+    tmp = (Path("/tmp"), Path("/var/tmp"))
+    return sorted(str(f) for f in folders if any(f.is_relative_to(t) for t in tmp))
+
+
 def adapt_for_user_manager(text: str) -> str:
     """A unit rendered for the system manager, as this user manager can run it.
 
     multi-user.target does not exist for a user manager (its equivalent is default.target),
     and the NOT_UNDER_USER_MANAGER settings are dropped; everything else runs as shipped.
+    When the checkout under test lives in /tmp (CI clones anywhere), it is bound back into
+    the services' private /tmp read-only, so ExecStart= still finds it.
     """
     lines = [line for line in text.splitlines() if not line.startswith(NOT_UNDER_USER_MANAGER)]
+    hidden = _installation_under_tmp()
+    if hidden and "PrivateTmp=yes" in lines:
+        lines.insert(lines.index("[Service]") + 1, f"BindReadOnlyPaths={' '.join(hidden)}")
     return "\n".join(lines).replace("WantedBy=multi-user.target", "WantedBy=default.target")
 
 
