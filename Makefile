@@ -30,8 +30,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# On a machine without systemd as PID 1 nothing runs udevd/UDisks2: bring up what is missing
+# for the demo's loop-device stick, and stop afterwards only what was started here.
 demo: deps
-	$(BIN)/usbagent demo
+	$(BIN)/python -m tests.stack up
+	$(BIN)/usbagent demo; status=$$?; $(BIN)/python -m tests.stack down; exit $$status
 
 lint: deps
 	$(BIN)/ruff check usbagent tests bench

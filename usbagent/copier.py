@@ -17,7 +17,6 @@ symlinks (os.stat, os.scandir(path)), so it cannot give these guarantees.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import logging
@@ -30,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 from usbagent import naming
+from usbagent.fsutil import writeback
 from usbagent.plan import LocalArchive, StickFile
 
 log = logging.getLogger(__name__)
@@ -364,38 +364,15 @@ def _send(
         sent = os.sendfile(dst, src, done, min(CHUNK, size - done))
         if sent == 0:
             raise OSError(errno.EIO, f"the archive ended after {done} of {size} bytes")
-        _writeback(dst, done, sent, wait=False)
+        writeback(dst, done, sent, wait=False)
         if done:
             previous = max(0, done - CHUNK)
-            _writeback(dst, previous, done - previous, wait=True)
+            writeback(dst, previous, done - previous, wait=True)
             os.posix_fadvise(dst, previous, done - previous, os.POSIX_FADV_DONTNEED)
         done += sent
         on_chunk(done)
     if os.fstat(src).st_size != size:
         raise OSError(errno.EIO, "the archive changed size while it was being copied")
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_SYNC_FILE_RANGE = getattr(_LIBC, "sync_file_range", None)
-if _SYNC_FILE_RANGE is not None:
-    _SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4  # linux/fs.h
-
-
-def _writeback(fd: int, offset: int, length: int, wait: bool) -> None:
-    """Start (or start and wait for) writeback of a byte range: sync_file_range(2).
-
-    Only data, not metadata or the drive's cache: the fsync at the end still makes the
-    copy durable. Without sync_file_range (not glibc), fall back to fdatasync when waiting.
-    """
-    if _SYNC_FILE_RANGE is None:
-        if wait:
-            os.fdatasync(fd)
-        return
-    flags = _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER if wait else _SFR_WRITE
-    if _SYNC_FILE_RANGE(fd, offset, length, flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def _hash_from_device(fd: int, cancel: threading.Event) -> str:

@@ -42,6 +42,12 @@ def can_make_sticks() -> str | None:
         return "making a loop-device stick needs root (run `sudo usbagent demo`)"
     if not Path("/dev/loop-control").exists():
         return "this machine has no loop devices (/dev/loop-control is missing)"
+    ping = subprocess.run(["udevadm", "control", "--ping"], capture_output=True, check=False)
+    if ping.returncode != 0:
+        return (
+            "systemd-udevd is not running, so no plug-in event would reach the agent "
+            "(start it: `/lib/systemd/systemd-udevd --daemon`; `sudo make demo` does)"
+        )
     return None
 
 
@@ -197,6 +203,11 @@ def demo_step(config: Config, workdir: Path, say: Say = print) -> str:
     quiet.setLevel(logging.WARNING)  # `say` tells the story; the agent's INFO log repeats it
     try:
         outcome, problem = asyncio.run(_serve_once(config, image, say))
+    except TimeoutError:
+        raise UsbagentError(
+            f"the agent did not finish serving the demo stick within {SERVE_TIMEOUT:.0f} s "
+            "(run `usbagent -v demo` to see its log)"
+        ) from None
     finally:
         quiet.setLevel(level)
         image.unlink(missing_ok=True)
