@@ -421,6 +421,7 @@ class Agent:
                     p.uuid,
                     p.label or p.part_name,
                     summary,
+                    fstype=p.fstype,
                 )
             except OSError as exc:
                 log.error("cannot update the ledger of %s: %s", name, exc)

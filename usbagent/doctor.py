@@ -24,8 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from usbagent import credentials, naming, state, systemd
+from usbagent import credentials, ledger, naming, state, systemd
 from usbagent.config import Config
+from usbagent.devices import FAT_MAX_FILE
 from usbagent.errors import UsbagentError
 from usbagent.install import check_executable
 
@@ -37,7 +38,6 @@ SYSTEM_UNIT_DIRS = (
     Path("/usr/lib/systemd/system"),
 )
 FAT_TYPES = frozenset({"vfat", "msdos", "fat", "umsdos"})
-FAT_MAX_FILE = 4 * 2**30 - 1
 # Warn while there is still room to grow: an archive half the limit doubles within months.
 FAT_WARN_AT = FAT_MAX_FILE // 2
 
@@ -297,6 +297,21 @@ def check_destination_fs(config: Config, locs: Locations) -> Finding:
     return Finding(name, True, f"{dest} is on {fstype}")
 
 
+def check_sticks_fs(config: Config) -> list[Finding]:
+    """Sticks in the rotation (from the ledger) whose file system cannot hold our archives."""
+    largest = largest_archive(config.archive.destination)
+    findings = []
+    for stick in ledger.sticks(config.agent.state_dir):
+        problem = fs_limit_problem(stick.fstype or None, largest)
+        name = f"stick {stick.label or '?'} ({stick.uuid})"
+        if problem:
+            fix = "reformat the stick as exFAT or ext4 (copy its archives off first)"
+            findings.append(Finding(name, False, problem, fix))
+        elif stick.fstype:
+            findings.append(Finding(name, True, f"{name} is {stick.fstype}"))
+    return findings
+
+
 def check_last_run(config: Config, units: Mapping[str, systemd.Unit] | None) -> Finding:
     name = "last archive run"
     fix = f"see journalctl -u {systemd.ARCHIVE_SERVICE}, fix the cause, run `usbagent archive`"
@@ -475,6 +490,7 @@ def diagnose(config: Config, locs: Locations) -> list[Finding]:
         lambda: check_identity(config),
         lambda: check_paths(config),
         lambda: check_destination_fs(config, locs),
+        lambda: check_sticks_fs(config),
         lambda: check_device_events(config, locs),
         lambda: check_tools(locs),
         lambda: check_state_files(config),

@@ -23,6 +23,7 @@ _SAFE_UUID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 class StickRecord:
     uuid: str
     label: str = ""
+    fstype: str = ""  # as the stick reported it (vfat, exfat, ext4, ...): doctor checks limits
     archives: tuple[str, ...] = ()  # our archives on the stick after the last sync, newest first
     last_verified_copy: str = ""  # name of the newest archive verified on the stick
     last_verified_time: str = ""  # ISO time that archive was last verified
@@ -73,9 +74,11 @@ def _save(state_dir: Path, record: StickRecord) -> StickRecord:
     return record
 
 
-def _current(state_dir: Path, uuid: str, label: str) -> StickRecord:
+def _current(state_dir: Path, uuid: str, label: str, fstype: str) -> StickRecord:
     record = load(state_dir, uuid) or StickRecord(uuid=uuid.lower())
-    return replace(record, label=label or record.label, last_seen=_now())
+    return replace(
+        record, label=label or record.label, fstype=fstype or record.fstype, last_seen=_now()
+    )
 
 
 def record_ok(
@@ -85,11 +88,12 @@ def record_ok(
     archives: tuple[str, ...],
     free_bytes: int,
     newest_verified: str,
+    fstype: str = "",
 ) -> StickRecord:
     """A sync ended with every wanted archive verified on the stick."""
     now = _now()
     record = replace(
-        _current(state_dir, uuid, label),
+        _current(state_dir, uuid, label, fstype),
         archives=archives,
         free_bytes=free_bytes,
         last_ok_sync=now,
@@ -106,9 +110,10 @@ def record_error(
     summary: str,
     archives: tuple[str, ...] | None = None,
     free_bytes: int | None = None,
+    fstype: str = "",
 ) -> StickRecord:
     """A recognised stick did not get a verified backup (failed or refused): say so."""
-    record = _current(state_dir, uuid, label)
+    record = _current(state_dir, uuid, label, fstype)
     record = replace(
         record,
         last_error=summary,

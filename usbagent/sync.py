@@ -124,6 +124,7 @@ class _Run:
     stick: str
     label: str
     uuid: str
+    fstype: str = ""
     started: float = field(default_factory=time.monotonic)
     copied: list[str] = field(default_factory=list)
     copied_bytes: int = 0
@@ -138,6 +139,7 @@ class _Run:
         return {
             "label": self.label,
             "uuid": self.uuid,
+            "fstype": self.fstype,
             "copied": list(self.copied),
             "bytes": self.copied_bytes,
             "verified": len(self.copied) + (len(audit.verified) if audit else 0),
@@ -181,6 +183,7 @@ def sync_mounted(
         stick=describe(partition) if partition else f"the stick at {mountpoint}",
         label=(partition.label or partition.part_name) if partition else "",
         uuid=partition.uuid if partition else "",
+        fstype=partition.fstype if partition else "",
     )
     try:
         outcome = _sync(config, mountpoint, run, cancel, progress)
@@ -341,7 +344,8 @@ def _refused(run: _Run, reason: str) -> Outcome:
 
 def refused_outcome(partition: Partition, reason: str) -> Outcome:
     """A pre-mount refusal as an Outcome (for the agent and `usbagent sync`)."""
-    run = _Run(describe(partition), partition.label or partition.part_name, partition.uuid)
+    label = partition.label or partition.part_name
+    run = _Run(describe(partition), label, partition.uuid, partition.fstype)
     return _refused(run, reason)
 
 
@@ -364,12 +368,15 @@ def ledger_update(config: Config, uuid: str, label: str, outcome: Outcome) -> No
         return
     d = outcome.details
     holds = tuple(d["archives"]) if d.get("archives") else None
+    fstype = d.get("fstype", "")
     if outcome.ok:
         newest = holds[0] if holds else ""
-        ledger.record_ok(config.agent.state_dir, uuid, label, holds or (), d["free_bytes"], newest)
+        ledger.record_ok(
+            config.agent.state_dir, uuid, label, holds or (), d["free_bytes"], newest, fstype
+        )
     else:
         ledger.record_error(
-            config.agent.state_dir, uuid, label, outcome.summary, holds, d.get("free_bytes")
+            config.agent.state_dir, uuid, label, outcome.summary, holds, d.get("free_bytes"), fstype
         )
 
 

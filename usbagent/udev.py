@@ -90,7 +90,8 @@ def facts_from_udev(
     )
 
 
-def _facts(device: pyudev.Device) -> Partition | None:
+def facts_of(device: pyudev.Device) -> Partition | None:
+    """The facts of a udev block device, or None when it is no candidate partition."""
     props = {k: str(device.properties[k]) for k in device.properties}
     if not is_candidate(props):
         return None
@@ -165,7 +166,7 @@ class UdevBackend:
         """Diff the devices present now against what we reported (start-up, lost events)."""
         assert self._queue is not None
         present = {
-            str(d.sys_path): _facts(d) for d in self._context.list_devices(subsystem="block")
+            str(d.sys_path): facts_of(d) for d in self._context.list_devices(subsystem="block")
         }
         for key in [*self._known, *present]:
             emit(self._queue, self._known, key, present.get(key))
@@ -175,7 +176,7 @@ class UdevBackend:
         try:
             while (device := self._monitor.poll(timeout=0)) is not None:
                 key = str(device.sys_path)
-                new = None if device.action == "remove" else _facts(device)
+                new = None if device.action == "remove" else facts_of(device)
                 emit(self._queue, self._known, key, new)
         except OSError as exc:  # ENOBUFS: the kernel dropped events; the device list has not
             log.warning("udev events were lost (%s); re-reading the device list", exc)

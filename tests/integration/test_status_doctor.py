@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pyudev
 from pyrage import x25519
 
 from tests.integration.dbus_doubles import private_system_bus
+from tests.stack import MakeStick, PartSpec
 from tests.stack.user_manager import UserManager
-from usbagent import doctor, ledger, naming, state, systemd
+from usbagent import doctor, ledger, naming, state, sync, systemd, udev
 from usbagent.config import AgentConfig, ArchiveConfig, Config, UsbConfig
 from usbagent.events import Outcome
 
@@ -404,6 +406,33 @@ def test_doctor_destination_on_fat(deployment: Deployment) -> None:
     found = problems(deployment, mountinfo=mountinfo)
     assert any("vfat (FAT): files stop at 4 GiB" in p and "ext4, xfs or btrfs" in p for p in found)
     assert not problems(deployment)  # the real mount table: tmp is not FAT
+
+
+@pytest.mark.stack
+def test_doctor_flags_a_fat32_stick_the_agent_refused(
+    deployment: Deployment, make_stick: MakeStick, unique_label: str
+) -> None:
+    """A real vfat stick with the label, a 4.5 GiB (sparse) archive: the pre-mount check
+    refuses it from udev's facts, the ledger keeps its type, and doctor names the stick."""
+    dest = deployment.config.archive.destination
+    name = naming.make(PREFIX, datetime.now(UTC))
+    with (dest / name.filename).open("wb") as f:
+        f.truncate(4 * 2**30 + 2**29)
+    (dest / name.sidecar).write_text(f"{'0' * 64}  {name.filename}\n")
+    stick = make_stick(PartSpec("vfat", label=unique_label))
+    config = replace(
+        deployment.config,
+        usb=UsbConfig(labels=(unique_label,), require_usb=False),
+    )
+    facts = udev.facts_of(pyudev.Devices.from_device_file(pyudev.Context(), stick.device()))
+    assert facts is not None and facts.fstype == "vfat"
+    reason = sync.precheck(config, facts)
+    assert reason is not None and "FAT32 cannot hold" in reason
+    sync.record_refusal(config, facts, reason)
+
+    found = "\n".join(problems(deployment, config))
+    assert f"stick {unique_label.upper()} ({facts.uuid})" in found
+    assert "vfat (FAT): files stop at 4 GiB" in found and "reformat the stick" in found
 
 
 def test_doctor_last_archive_run_failed(deployment: Deployment) -> None:
