@@ -33,7 +33,10 @@ def _read_text(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsbagentError(f"{what} {path} does not exist") from None
+        raise UsbagentError(
+            f"{what} {path} does not exist (put your age1… or ssh public key in it, "
+            "or fix archive.recipients_file)"
+        ) from None
     except IsADirectoryError:
         raise UsbagentError(f"{what} {path} is a folder, not a file") from None
     except PermissionError:

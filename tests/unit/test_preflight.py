@@ -82,7 +82,8 @@ def test_all_good(tmp_path: Path) -> None:
 def test_recipients_file_missing(tmp_path: Path) -> None:
     cfg = setup(tmp_path)
     cfg.archive.recipients_file.unlink()
-    with pytest.raises(UsbagentError, match=r"^recipients file .* does not exist$"):
+    fix = r"\(put your age1… or ssh public key in it, or fix archive.recipients_file\)$"
+    with pytest.raises(UsbagentError, match=r"^recipients file .* does not exist " + fix):
         preflight.check(cfg)
 
 
