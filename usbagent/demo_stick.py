@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from usbagent import mounts
 from usbagent.config import Config
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
@@ -101,12 +102,8 @@ def attached(image: Path, settle: bool = True) -> Iterator[str]:
 
 def _mounts_of(loop: str) -> list[str]:
     """Mount points of `loop` and its partitions, innermost first."""
-    points = []
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        source, target = line.split(" ")[:2]
-        if source == loop or source.startswith(loop + "p"):
-            points.append(target.replace("\\040", " "))
-    return points[::-1]
+    ours = [e for e in mounts.read() if e.source == loop or e.source.startswith(loop + "p")]
+    return [e.mountpoint for e in reversed(ours)]
 
 
 def detach(loop: str) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from usbagent import credentials, ledger, naming, state, systemd
+from usbagent import credentials, ledger, mounts, naming, state, systemd
 from usbagent.config import Config
 from usbagent.devices import FAT_MAX_FILE
 from usbagent.errors import UsbagentError
@@ -100,21 +100,6 @@ def parse_unit(text: str) -> UnitFile:
         elif key.strip() == "ReadWritePaths":
             rw.extend(p.lstrip("-+") for p in value.split())
     return UnitFile(tuple(execs), tuple(rw))
-
-
-def fstype_of(path: Path, mountinfo: str) -> str | None:
-    """The file system type of the mount holding `path` (which must be resolved)."""
-    best, best_type = "", None
-    for line in mountinfo.splitlines():
-        fields, _, rest = line.partition(" - ")
-        parts = fields.split()
-        if len(parts) < 5 or not rest:
-            continue
-        mount = parts[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-        inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) >= len(best):
-            best, best_type = mount, rest.split()[0]
-    return best_type
 
 
 def fs_limit_problem(fstype: str | None, largest: int) -> str | None:
@@ -283,9 +268,12 @@ def check_destination_fs(config: Config, locs: Locations) -> Finding:
     dest = config.archive.destination
     name = "destination file system"
     try:
-        fstype = fstype_of(dest.resolve(strict=True), locs.mountinfo.read_text())
+        mount = mounts.containing(
+            dest.resolve(strict=True), mounts.parse(locs.mountinfo.read_text())
+        )
     except OSError:
         return Finding(name, True, f"{dest} not checked (missing, reported above)")
+    fstype = mount.fstype if mount else None
     problem = fs_limit_problem(fstype, largest_archive(dest))
     if problem:
         return Finding(

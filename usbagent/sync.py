@@ -12,7 +12,6 @@ import argparse
 import errno
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from usbagent import ledger, naming, state
+from usbagent import ledger, mounts, naming, state
 from usbagent.config import Config
 from usbagent.copier import (
     Audit,
@@ -40,6 +39,7 @@ from usbagent.copier import parse_sidecar as _parse_sidecar
 from usbagent.devices import Partition, describe, label_matches, refusal_reason
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
+from usbagent.mounts import MountEntry
 from usbagent.plan import LocalArchive, Refusal, SyncPlan, plan_sync, space_to_free
 
 log = logging.getLogger(__name__)
@@ -407,46 +407,9 @@ def _cause(exc: OSError, destination: Path) -> str:
 # --- `usbagent sync MOUNTPOINT` -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MountEntry:
-    mountpoint: str
-    source: str
-    fstype: str
-    devnum: tuple[int, int]
-
-
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """/proc/self/mountinfo lines as entries, in mount order (pure)."""
-    entries = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        if "-" not in fields[6:]:
-            continue
-        sep = fields.index("-", 6)
-        major, minor = (int(x) for x in fields[2].split(":"))
-        entries.append(
-            MountEntry(
-                mountpoint=_OCTAL.sub(lambda m: chr(int(m[1], 8)), fields[4]),
-                source=_OCTAL.sub(lambda m: chr(int(m[1], 8)), fields[sep + 2]),
-                fstype=fields[sep + 1],
-                devnum=(major, minor),
-            )
-        )
-    return entries
-
-
-def mount_at(path: Path, mountinfo: str) -> MountEntry | None:
-    """The filesystem mounted on exactly `path` (the topmost, if stacked), or None (pure)."""
-    matches = [e for e in parse_mountinfo(mountinfo) if e.mountpoint == str(path)]
-    return matches[-1] if matches else None
-
-
 def _find_mount(raw: str) -> tuple[Path, MountEntry]:
     path = Path(os.path.realpath(raw))
-    entry = mount_at(path, Path("/proc/self/mountinfo").read_text())
+    entry = mounts.mount_at(path, mounts.read())
     if not path.is_dir():
         raise UsbagentError(f"{raw} is not a folder; pass the mount point of the stick")
     if not os.path.ismount(path) or entry is None:
@@ -492,7 +455,7 @@ def _facts_if_known(mountpoint: Path) -> Partition | None:
 
 def facts_at(mountpoint: Path) -> Partition | None:
     """Facts of the filesystem mounted exactly at `mountpoint`, or None if nothing is."""
-    entry = mount_at(mountpoint, Path("/proc/self/mountinfo").read_text())
+    entry = mounts.mount_at(mountpoint, mounts.read())
     return facts_for_mount(mountpoint, entry) if entry else None
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pyudev
 
+from usbagent import mounts
 from usbagent.backend import DeviceError, EventQueue, emit
 from usbagent.devices import Partition
 
@@ -31,29 +32,11 @@ MOUNT_BASE = Path("/run/usbagent/mnt")
 MOUNT_OPTIONS = "nosuid,nodev,noexec"
 TOOL_TIMEOUT = 120.0
 RECEIVE_BUFFER = 8 * 1024 * 1024  # a burst of events (a hub of sticks) must not overflow it
-_ESCAPE = re.compile(r"\\([0-7]{3})")
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    return _ESCAPE.sub(lambda m: chr(int(m[1], 8)), field)
-
-
-def mountpoints_by_devnum(mountinfo: str) -> dict[tuple[int, int], tuple[str, ...]]:
-    """Parse /proc/self/mountinfo: (major, minor) -> mount points, in mount order (pure)."""
-    out: dict[tuple[int, int], tuple[str, ...]] = {}
-    for line in mountinfo.splitlines():
-        fields = line.split(" ")
-        if len(fields) < 5 or ":" not in fields[2]:
-            continue
-        major, minor = (int(x) for x in fields[2].split(":"))
-        out[(major, minor)] = (*out.get((major, minor), ()), _unescape(fields[4]))
-    return out
-
-
 def _read_mounts() -> dict[tuple[int, int], tuple[str, ...]]:
-    return mountpoints_by_devnum(Path("/proc/self/mountinfo").read_text())
+    return mounts.by_devnum(mounts.read())
 
 
 def is_candidate(props: dict[str, str]) -> bool:

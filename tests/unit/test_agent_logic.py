@@ -6,13 +6,13 @@ import asyncio
 import threading
 from pathlib import Path
 
-from usbagent import state
+from usbagent import mounts, state
 from usbagent.agent import idle_status, lag_summary, progress_status, stick_id
 from usbagent.backend import EventQueue, emit
 from usbagent.config import AgentConfig
 from usbagent.devices import Partition
 from usbagent.events import Outcome
-from usbagent.udev import facts_from_udev, is_candidate, mount_name, mountpoints_by_devnum
+from usbagent.udev import facts_from_udev, is_candidate, mount_name
 from usbagent.udisks import BLOCK, DRIVE, FILESYSTEM, LOOP, PARTITION, partition_facts
 
 ROOT = "/org/freedesktop/UDisks2"
@@ -127,7 +127,7 @@ def test_mountinfo_parsing_unescapes_and_keeps_order() -> None:
         "37 35 8:17 / /mnt/again rw - ext4 /dev/sdb1 rw\n"
         "38 35 0:22 / /run rw - tmpfs tmpfs rw\n"
     )
-    assert mountpoints_by_devnum(text) == {
+    assert mounts.by_devnum(mounts.parse(text)) == {
         (8, 17): ("/media/my stick", "/mnt/again"),
         (0, 22): ("/run",),
     }

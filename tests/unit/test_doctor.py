@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from usbagent import credentials, doctor
+from usbagent import credentials, doctor, mounts
 from usbagent.config import ArchiveConfig, Config
 
 GiB = 2**30
@@ -47,7 +47,8 @@ MOUNTINFO = """\
     ],
 )
 def test_fstype_of_picks_the_innermost_mount(path: str, fstype: str) -> None:
-    assert doctor.fstype_of(Path(path), MOUNTINFO) == fstype
+    entry = mounts.containing(Path(path), mounts.parse(MOUNTINFO))
+    assert entry is not None and entry.fstype == fstype
 
 
 def test_fat_limits() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from usbagent.config import UsbConfig
 from usbagent.devices import FAT_MAX_FILE, Partition, label_matches, refusal_reason
-from usbagent.sync import mount_at, parse_mountinfo
+from usbagent.mounts import mount_at, parse
 
 USB = UsbConfig(labels=("sovereign-backup",), require_usb=True)
 UUID = "0f1e2d3c-aaaa-bbbb-cccc-123456789abc"
@@ -142,7 +142,7 @@ MOUNTINFO = """\
 
 
 def test_mountinfo_parsed_with_optional_fields_and_escapes() -> None:
-    entries = parse_mountinfo(MOUNTINFO)
+    entries = parse(MOUNTINFO)
     assert [e.mountpoint for e in entries][2:4] == [
         "/media/root/sovereign-backup",
         "/mnt/with space",
@@ -152,6 +152,6 @@ def test_mountinfo_parsed_with_optional_fields_and_escapes() -> None:
 
 
 def test_mount_at_takes_the_topmost_of_stacked_mounts_and_none_for_plain_folders() -> None:
-    top = mount_at(Path("/media/root/sovereign-backup"), MOUNTINFO)
+    top = mount_at(Path("/media/root/sovereign-backup"), parse(MOUNTINFO))
     assert top is not None and top.fstype == "tmpfs"
-    assert mount_at(Path("/media/root"), MOUNTINFO) is None
+    assert mount_at(Path("/media/root"), parse(MOUNTINFO)) is None
