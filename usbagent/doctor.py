@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from usbagent import credentials, ledger, mounts, naming, state, systemd
+from usbagent.backend import UDISKS_NAME
 from usbagent.config import Config
 from usbagent.devices import FAT_MAX_FILE
 from usbagent.errors import UsbagentError
@@ -331,26 +332,22 @@ async def _udisks_on_bus(address: str | None) -> bool:
         bus = await MessageBus(bus_address=address).connect()
     else:
         bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+
+    async def listed(member: str) -> set[str]:
+        reply = await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member=member,
+            )
+        )
+        return set(reply.body[0]) if reply and reply.body else set()
+
     try:
-        reply = await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="ListActivatableNames",
-            )
-        )
-        names = set(reply.body[0]) if reply and reply.body else set()
-        reply = await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="ListNames",
-            )
-        )
-        names |= set(reply.body[0]) if reply and reply.body else set()
-        return "org.freedesktop.UDisks2" in names
+        # Running now, or started on demand by the bus (what systemd machines do).
+        names = await listed("ListActivatableNames") | await listed("ListNames")
+        return UDISKS_NAME in names
     finally:
         bus.disconnect()  # type: ignore[no-untyped-call]  # dbus-next leaves it unannotated
 
