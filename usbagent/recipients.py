@@ -29,20 +29,16 @@ _SECRET_PREFIX = "AGE-SECRET-KEY-"
 _EXPECTED = "expected an age key (age1…) or an ssh-ed25519 / ssh-rsa public key"
 
 
-def _read_text(path: Path, what: str) -> str:
+def _read(path: Path, what: str, fix: str) -> bytes:
+    """The file's bytes, or one line naming the file, what is wrong and (if missing) the fix."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes()
     except FileNotFoundError:
-        raise UsbagentError(
-            f"{what} {path} does not exist (put your age1… or ssh public key in it, "
-            "or fix archive.recipients_file)"
-        ) from None
+        raise UsbagentError(f"{what} {path} does not exist ({fix})") from None
     except IsADirectoryError:
         raise UsbagentError(f"{what} {path} is a folder, not a file") from None
     except PermissionError:
         raise UsbagentError(f"{what} {path} is not readable by this user") from None
-    except UnicodeDecodeError:
-        raise UsbagentError(f"{what} {path} is not a text file") from None
     except OSError as exc:
         raise UsbagentError(f"{what} {path} cannot be read: {exc.strerror}") from None
 
@@ -92,7 +88,13 @@ def parse_recipients(text: str, source: str) -> list[Recipient]:
 
 def load_recipients(path: Path) -> list[Recipient]:
     """The recipients in the file at `path` (missing, unreadable, empty and bad lines fail)."""
-    return parse_recipients(_read_text(path, "recipients file"), str(path))
+    fix = "put your age1… or ssh public key in it, or fix archive.recipients_file"
+    data = _read(path, "recipients file", fix)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsbagentError(f"recipients file {path} is not a text file") from None
+    return parse_recipients(text, str(path))
 
 
 def parse_identities(data: bytes, source: str) -> list[Identity]:
@@ -130,12 +132,5 @@ def parse_identities(data: bytes, source: str) -> list[Identity]:
 
 def load_identities(path: Path) -> list[Identity]:
     """The identities in the file at `path`."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsbagentError(f"identity {path} does not exist") from None
-    except PermissionError:
-        raise UsbagentError(f"identity {path} is not readable by this user") from None
-    except OSError as exc:
-        raise UsbagentError(f"identity {path} cannot be read: {exc.strerror}") from None
-    return parse_identities(data, str(path))
+    fix = "give the age or ssh secret key with --identity or archive.identity_file"
+    return parse_identities(_read(path, "identity", fix), str(path))
