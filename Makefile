@@ -2,7 +2,7 @@
 # Both install what they need first, so they work on a fresh Debian 12 machine.
 
 VENV    ?= .venv
-PYTHON  ?= python3
+PYTHON  ?= /usr/bin/python3
 BIN     := $(VENV)/bin
 # Debian packages the tests and the demo use: the real device stack, filesystems,
 # and the standard tools archives must stay compatible with (prometheus: for promtool,

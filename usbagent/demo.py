@@ -149,8 +149,10 @@ def verify_archive(demo: Demo) -> str:
 
 def restore_archive(demo: Demo) -> str:
     result = restore.restore(demo.need_archive(), demo.identity, demo.restored, ())
-    if result.refused:
-        raise UsbagentError(f"restore refused {result.refused[0][0]}: {result.refused[0][1]}")
+    if result.stream_error:
+        raise UsbagentError(f"restore: {result.stream_error}")
+    if result.listed:
+        raise UsbagentError(f"restore failed for {result.listed[0][0]}: {result.listed[0][1]}")
     return f"{result.restored} members ({_mib(result.size)}) into {demo.restored}"
 
 

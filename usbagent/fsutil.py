@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +75,38 @@ def writeback(fd: int, offset: int, length: int, wait: bool) -> None:
     if _SYNC_FILE_RANGE(fd, offset, length, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+_RENAMEAT2 = getattr(_LIBC, "renameat2", None)
+if _RENAMEAT2 is not None:
+    _RENAMEAT2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_SYNCFS = getattr(_LIBC, "syncfs", None)
+
+
+def rename_noreplace(dir_fd: int, src: str, dst: str) -> None:
+    """Rename `src` to `dst` inside one folder, failing with EEXIST if `dst` exists.
+
+    renameat2(RENAME_NOREPLACE) is atomic. Where the filesystem lacks the flag (EINVAL), a
+    hard link (which also refuses an existing name) and an unlink do the same in two steps.
+    """
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), dst)
+    os.link(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    os.unlink(src, dir_fd=dir_fd)
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding `fd` (one call instead of an fsync per file)."""
+    if _SYNCFS is None or _SYNCFS(fd) != 0:
+        os.sync()

@@ -1,16 +1,16 @@
 """`usbagent restore ARCHIVE --identity KEY --to DIR [MEMBER...]`: safe extraction.
 
 An archive is treated as untrusted input: a stolen or tampered file must not be able to
-write outside DIR. Each member passes two independent checks before it is written:
-our own (`unsafe_reason`: absolute names, `..` components, device files and fifos, links
-whose target is absolute or leaves DIR) and tarfile's "data" filter, which also resolves
-links already on disk. Nothing is overwritten: a member whose path already exists in DIR is
-refused (restore into an empty folder, then move what you need).
+write, link or touch anything outside DIR. Each member is checked on its own
+(usbagent.tarsafety: absolute names, `..`, devices and fifos, links that could point outside)
+and then created by usbagent.extract, which never follows a symlink, never overwrites and
+creates symlinks last. Python's tarfile only parses the stream; it extracts nothing.
 
-Refused members are skipped and listed; the rest is restored and the exit status is 1, so
-one odd member neither hides the others nor passes unnoticed. Ownership is not restored
-(files belong to whoever runs restore) and file modes lose setuid/setgid and group/other
-write bits; `age -d -i KEY F | zstd -d | tar -x` restores an archive you trust verbatim.
+Every member that can be restored is; each one that cannot is listed with its reason and the
+exit status is 1, so one odd member neither hides the others nor passes unnoticed. Ownership
+is not restored (files belong to whoever runs restore) and modes lose setuid/setgid/sticky
+and group/other write bits; `age -d -i KEY F | zstd -d | tar -x` restores an archive you
+trust verbatim.
 
 MEMBER names are paths as stored (`data/docs/a.txt` for `/data/docs/a.txt`; a leading '/'
 is accepted); a folder selects everything under it.
@@ -19,44 +19,19 @@ is accepted); a folder selects everything under it.
 from __future__ import annotations
 
 import os
-import posixpath
 import sys
-import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from usbagent.config import Config
 from usbagent.decrypt import members, open_tar
 from usbagent.errors import UsbagentError
-from usbagent.recipients import load_identities
+from usbagent.extract import Extractor, Refused
+from usbagent.recipients import Identity, load_identities
+from usbagent.tarsafety import Entry, classify
 
-MAX_LISTED = 50  # refused members printed one by one; the rest are counted
-
-
-def unsafe_reason(member: tarfile.TarInfo) -> str | None:
-    """Why extracting `member` could escape the target folder or create a device (pure)."""
-    name = member.name
-    if not name or name in (".", "./"):
-        return None if member.isdir() else "member has no name"
-    if name.startswith("/"):
-        return "absolute path"
-    if ".." in PurePosixPath(name).parts:
-        return "'..' in the path"
-    if member.ischr() or member.isblk():
-        return "device file"
-    if member.isfifo():
-        return "fifo"
-    if member.issym() or member.islnk():
-        kind = "symlink" if member.issym() else "hard link"
-        target = member.linkname
-        if target.startswith("/"):
-            return f"{kind} to the absolute path {target}"
-        base = posixpath.dirname(name) if member.issym() else ""
-        resolved = posixpath.normpath(posixpath.join(base, target))
-        if resolved == ".." or resolved.startswith("../"):
-            return f"{kind} pointing outside the target folder ({target})"
-    return None
+MAX_LISTED = 50  # failed members printed one by one; the rest are counted
 
 
 def normalise(wanted: str) -> str:
@@ -77,61 +52,120 @@ def match(name: str, wanted: tuple[str, ...]) -> str | None:
 
 
 @dataclass
-class _Selection:
-    """tarfile filter: picks members, refuses unsafe ones, and remembers what it did."""
+class Result:
+    """What a restore did: counts, the first failures (name, reason), and a broken stream."""
 
-    wanted: tuple[str, ...]
-    refused: list[tuple[str, str]] = field(default_factory=list)
-    found: set[str] = field(default_factory=set)
+    selected: int = 0
     restored: int = 0
     size: int = 0
+    failed: int = 0
+    listed: list[tuple[str, str]] = field(default_factory=list)
+    found: set[str] = field(default_factory=set)
+    stream_error: str | None = None
 
-    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-        if self.wanted:
-            hit = match(member.name, self.wanted)
-            if hit is None:
-                return None
-            self.found.add(hit)
-        reason = unsafe_reason(member) or _exists_reason(member, dest)
-        if reason is None:
-            try:
-                member = tarfile.data_filter(member, dest)
-            except tarfile.FilterError as exc:
-                reason = str(exc)
-        if reason is not None:
-            self.refused.append((member.name, reason))
-            return None
-        self.restored += 1
-        self.size += member.size if member.isreg() else 0
-        return member
+    def fail(self, name: str, reason: str) -> None:
+        self.failed += 1
+        if len(self.listed) < MAX_LISTED:
+            self.listed.append((name, reason))
 
 
-def _exists_reason(member: tarfile.TarInfo, dest: str) -> str | None:
-    path = Path(dest, member.name)
-    if not os.path.lexists(path):
-        return None
-    if member.isdir() and path.is_dir() and not path.is_symlink():
-        return None
-    return "already exists in the target folder (not overwritten)"
-
-
-def restore(archive: Path, identity: Path, target: Path, wanted: tuple[str, ...]) -> _Selection:
-    """Extract into `target`; returns what was restored and refused. Raises UsbagentError."""
-    identities = load_identities(identity)
+def _open_target(target: Path) -> int:
     try:
         target.mkdir(parents=True, exist_ok=True)
+        return os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise UsbagentError(f"cannot create the target folder {target}: {exc.strerror}") from None
-    selection = _Selection(wanted=wanted)
+        raise UsbagentError(
+            f"cannot use {target} as the target folder: {exc.strerror}; "
+            "give --to a folder you can write to"
+        ) from None
+
+
+def _extract(
+    result: Result,
+    extractor: Extractor,
+    archive: Path,
+    identities: list[Identity],
+    wanted: tuple[str, ...],
+) -> None:
+    """Stream the archive through `extractor`; a per-member problem is recorded, not raised."""
     with open_tar(archive, identities) as tar:
+        for member in members(tar):
+            if wanted:
+                hit = match(member.name, wanted)
+                if hit is None:
+                    continue
+                result.found.add(hit)
+            result.selected += 1
+            entry = classify(member)
+            if isinstance(entry, str):
+                result.fail(member.name, entry)
+                continue
+            data = tar.extractfile(member) if entry.kind == "file" else None
+            try:
+                made_now = extractor.add(entry, data)
+            except Refused as exc:
+                result.fail(member.name, exc.reason)
+            except OSError as exc:
+                result.fail(member.name, exc.strerror or str(exc))
+            else:
+                if made_now:
+                    result.restored += 1
+                    result.size += entry.size
+
+
+def _shown(entry: Entry) -> str:
+    return "/".join(entry.parts)
+
+
+def restore(archive: Path, identity: Path, target: Path, wanted: tuple[str, ...]) -> Result:
+    """Extract into `target`; returns what was restored and what failed. Raises UsbagentError
+    only when nothing can start (bad key file, unusable target)."""
+    identities = load_identities(identity)
+    root = _open_target(target)
+    result = Result()
+    extractor = Extractor(root)
+    try:
         try:
-            tar.extractall(target, members=members(tar), filter=selection)
-        except OSError as exc:
-            where = exc.filename or target
-            raise UsbagentError(f"extracting into {where} failed: {exc.strerror}") from None
-        except tarfile.ExtractError as exc:
-            raise UsbagentError(f"extraction failed: {exc}") from None
-    return selection
+            _extract(result, extractor, archive, identities, wanted)
+        except UsbagentError as exc:
+            result.stream_error = str(exc)
+        made, failed = extractor.finish()
+    finally:
+        os.close(root)
+    result.restored += len(made)
+    for entry, reason in failed:
+        result.fail(_shown(entry), reason)
+        if entry.kind == "dir":
+            result.restored -= 1  # counted when created, but it did not come out right
+    return result
+
+
+def report(result: Result, archive: Path, target: Path, wanted: tuple[str, ...]) -> int:
+    """Print the outcome (stdout: what was restored; stderr: each failure) and the exit status."""
+    print(
+        f"restored {result.restored} members ({result.size / 1024**2:.1f} MiB) "
+        f"from {archive.name} into {target}"
+    )
+    for name, reason in result.listed:
+        print(f"usbagent restore: not restored {name!r}: {reason}", file=sys.stderr)
+    if result.failed > len(result.listed):
+        more = result.failed - len(result.listed)
+        print(f"usbagent restore: ... and {more} more members not restored", file=sys.stderr)
+    missing = [w for w in wanted if w not in result.found]
+    for name in missing:
+        print(f"usbagent restore: {name!r} is not in the archive", file=sys.stderr)
+    if result.stream_error:
+        print(
+            f"usbagent restore: the archive could not be read to its end: {result.stream_error}"
+            "; members after that point are missing",
+            file=sys.stderr,
+        )
+    if result.failed:
+        print(
+            f"usbagent restore: {result.failed} of {result.selected} members not restored",
+            file=sys.stderr,
+        )
+    return 1 if result.failed or missing or result.stream_error else 0
 
 
 def run(config: Config | None, args: Any) -> int:
@@ -139,17 +173,4 @@ def run(config: Config | None, args: Any) -> int:
     if not archive.is_file():
         raise UsbagentError(f"archive {archive} does not exist")
     wanted = tuple(dict.fromkeys(normalise(m) for m in args.members))
-    result = restore(archive, Path(args.identity), target, wanted)
-    print(
-        f"restored {result.restored} members ({result.size / 1024**2:.1f} MiB) "
-        f"from {archive.name} into {target}"
-    )
-    for name, reason in result.refused[:MAX_LISTED]:
-        print(f"usbagent restore: refused {name!r}: {reason}", file=sys.stderr)
-    if len(result.refused) > MAX_LISTED:
-        more = len(result.refused) - MAX_LISTED
-        print(f"usbagent restore: ... and {more} more refused members", file=sys.stderr)
-    missing = [w for w in wanted if w not in result.found]
-    for name in missing:
-        print(f"usbagent restore: {name!r} is not in the archive", file=sys.stderr)
-    return 1 if result.refused or missing else 0
+    return report(restore(archive, Path(args.identity), target, wanted), archive, target, wanted)

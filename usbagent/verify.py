@@ -21,7 +21,9 @@ from usbagent.config import Config
 from usbagent.decrypt import members, open_tar
 from usbagent.errors import UsbagentError
 from usbagent.recipients import Identity, load_identities
+from usbagent.tarsafety import classify
 
+MAX_NAMED = 5  # refused members named in one verify line
 _SIDECAR_LINE = re.compile(r"^(?P<hex>[0-9a-fA-F]{64}) [ *](?P<name>.+)$")
 
 
@@ -87,12 +89,27 @@ def check_checksum(archive: Path) -> str | None:
 
 
 def read_through(archive: Path, identities: list[Identity]) -> str:
-    """Decrypt and read the whole tar stream; returns a summary, raises UsbagentError."""
-    count = size = 0
+    """Decrypt and read the whole tar stream; returns a summary, raises UsbagentError.
+
+    Each member is also put through restore's own checks (usbagent.tarsafety): an archive
+    that `usbagent restore` would not restore whole is not a verified backup.
+    """
+    count = size = refused = 0
+    named: list[str] = []
     with open_tar(archive, identities) as tar:
         for member in members(tar):
             count += 1
             size += member.size if member.isreg() else 0
+            reason = classify(member)
+            if isinstance(reason, str):
+                refused += 1
+                if len(named) < MAX_NAMED:
+                    named.append(f"{member.name!r} ({reason})")
+    if refused:
+        more = ", ..." if refused > len(named) else ""
+        raise UsbagentError(
+            f"restore would refuse {refused} of its {count} members: {', '.join(named)}{more}"
+        )
     return f"decrypted and read {count} members, {size / 1024**2:.1f} MiB"
 
 
