@@ -2,8 +2,12 @@
 # Both install what they need first, so they work on a fresh Debian 12 machine.
 
 VENV    ?= .venv
+# Debian's own Python (3.11.2 on Debian 12) is what `python3 -m venv` gives users, and it
+# is the oldest one pyproject.toml supports: the venv, and so every test, runs on it.
 PYTHON  ?= /usr/bin/python3
 BIN     := $(VENV)/bin
+# The stamp names the interpreter, so another PYTHON rebuilds the venv instead of reusing it.
+STAMP   := $(VENV)/.installed-$(subst /,_,$(PYTHON))
 # Debian packages the tests and the demo use: the real device stack, filesystems,
 # and the standard tools archives must stay compatible with (prometheus: for promtool,
 # which validates the metrics textfile; dunst + xvfb: a real notification server;
@@ -15,7 +19,7 @@ APT_PACKAGES := udev udisks2 dbus policykit-1 parted util-linux kmod e2fsprogs x
 
 .PHONY: deps system-deps demo test lint check bench clean stack-up stack-down stack-status
 
-deps: system-deps $(BIN)/.installed
+deps: system-deps $(STAMP)
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -24,8 +28,8 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install -q --upgrade 'pip>=23'
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
