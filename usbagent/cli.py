@@ -31,8 +31,6 @@ COMMANDS = {
 }
 # Commands that must work without a config file (they make or inspect their own).
 NO_CONFIG_NEEDED = {"demo", "verify", "restore"}
-# Exit status when the config cannot be loaded: monitoring's UNKNOWN for status, else failure.
-CONFIG_ERROR_EXIT = {"status": 3}
 # Commands that still run (with config=None) when the config is broken: the unit-failure
 # hook must record and report a failure even when a bad config is what caused it.
 RUN_WITH_BROKEN_CONFIG = {"notify-failure"}
@@ -76,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("install", "install systemd units and udev rules")
     p.add_argument("--prefix", help="write files under this root and touch nothing else")
     add("demo", "the whole flow on this machine with a throwaway key and data")
-    p = add("notify-failure", argparse.SUPPRESS)
+    # Hidden (systemd's OnFailure= hook): a subparser given no help is left out of --help;
+    # help=SUPPRESS would still be listed, as "notify-failure ==SUPPRESS==".
+    p = sub.add_parser("notify-failure")
+    _common(p)
     p.add_argument("unit", help="the failed unit (systemd's %%i)")
     return parser
 
@@ -111,8 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"usbagent: config {exc.path}: {problem}", file=sys.stderr)
+        if args.command == "status":  # monitoring must still get its line (or JSON) and 3
+            from usbagent import status
+
+            return status.report_broken_config(exc, getattr(args, "json", False))
         if args.command not in RUN_WITH_BROKEN_CONFIG:
-            return CONFIG_ERROR_EXIT.get(args.command, 1)
+            return 1
         config = None
     module = importlib.import_module(COMMANDS[args.command])
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from usbagent import ledger, naming, outbox, state, systemd
-from usbagent.config import Config
+from usbagent.config import Config, ConfigError
 from usbagent.events import Kind, Outcome
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
@@ -596,13 +596,9 @@ def render_text(checks: list[Check]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(config: Config, args: argparse.Namespace) -> int:
-    now = datetime.now(UTC)
-    try:
-        checks = evaluate(gather(config), config, now)
-    except Exception as exc:  # monitoring must get UNKNOWN (3), never a traceback and 1
-        checks = [Check("state", UNKNOWN, f"cannot determine the state: {exc!r}")]
-    if getattr(args, "json", False):
+def report(checks: list[Check], now: datetime, as_json: bool) -> int:
+    """Print the checks as monitoring reads them (text or JSON); the exit status."""
+    if as_json:
         doc = {
             "state": overall(checks),
             "time": now.isoformat(),
@@ -612,3 +608,20 @@ def run(config: Config, args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(checks))
     return EXIT[overall(checks)]
+
+
+def report_broken_config(error: ConfigError, as_json: bool) -> int:
+    """UNKNOWN (3) with the config's problems: monitoring must see a line, not an empty one."""
+    problems = "; ".join(error.problems)
+    return report(
+        [Check("config", UNKNOWN, f"{error.path}: {problems}")], datetime.now(UTC), as_json
+    )
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    try:
+        checks = evaluate(gather(config), config, now)
+    except Exception as exc:  # monitoring must get UNKNOWN (3), never a traceback and 1
+        checks = [Check("state", UNKNOWN, f"cannot determine the state: {exc!r}")]
+    return report(checks, now, getattr(args, "json", False))
