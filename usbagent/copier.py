@@ -23,14 +23,14 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
-from usbagent import naming
+from usbagent import naming, plan
 from usbagent.fsutil import writeback
-from usbagent.plan import LocalArchive, StickFile
+from usbagent.plan import Audit, LocalArchive, StickFile
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +56,13 @@ class Cancelled(Exception):
     """The caller asked us to stop (agent shutdown, Ctrl-C)."""
 
 
-@dataclass(frozen=True)
-class Audit:
-    """The state of the copies already on the stick, checked by reading them back."""
-
-    present: tuple[StickFile, ...]  # our archives that stay on the stick (before this sync)
-    verified: tuple[str, ...]  # matched the local sidecar or their own sidecar
-    unverifiable: tuple[str, ...]  # no sidecar here or on the stick to check against
-    replaced: tuple[str, ...]  # corrupt, removed so they are copied again from here
-    corrupt: tuple[str, ...]  # corrupt and no local archive to replace them: left as they are
-
-
 def parse_sidecar(text: str) -> str | None:
     """The sha256 in a `sha256sum`-format line, or None if the text is not one."""
     digest = text.split(maxsplit=1)[0].lower() if text.strip() else ""
     return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
 
 
-def sidecar_line(archive: LocalArchive) -> bytes:
+def sidecar_line(archive: LocalArchive | StickFile) -> bytes:
     return f"{archive.sha256}  {archive.name}\n".encode()
 
 
@@ -162,9 +151,6 @@ class StickFolder:
             found[name] = st.st_size
         return found
 
-    def archives(self, files: dict[str, int]) -> list[StickFile]:
-        return [StickFile(n, s) for n, s in files.items() if naming.parse(n, self.prefix)]
-
     def remove_partials(self, files: dict[str, int]) -> list[str]:
         """Delete leftovers of an interrupted run (ours by name, regular files)."""
         gone = [n for n in files if n.endswith(naming.PARTIAL)]
@@ -197,57 +183,40 @@ class StickFolder:
     def audit(
         self,
         files: dict[str, int],
-        local: dict[str, LocalArchive],
+        local: Sequence[LocalArchive],
+        recorded: Sequence[StickFile],
+        recorded_names: Collection[str],
+        now: datetime,
         cancel: threading.Event,
     ) -> Audit:
-        """Re-read every copy of ours and check it against the best hash we have.
+        """Re-read every file that may be a copy of ours; act on what `plan.judge` decides.
 
-        The local sidecar is the reference when the archive still exists here; otherwise
-        the stick's own sidecar. A corrupt copy we can replace is removed (the plan copies
-        it again); one we cannot replace is kept, because a damaged only copy still holds
-        readable data, and reported.
+        Which files count, and against which hash, is decided by `plan.survey` from the
+        host's records alone. Here: read back from the device, delete the corrupt copies of
+        ours that the plan copies again, rewrite sidecars of verified copies that do not
+        match, and remove sidecars of ours whose archive a prune interrupted. Nothing else is
+        deleted: a file usbagent did not write is reported (`Audit.foreign`), not removed.
         """
-        present: list[StickFile] = []
-        verified: list[str] = []
-        unverifiable: list[str] = []
-        replaced: list[str] = []
-        corrupt: list[str] = []
-        for item in sorted(self.archives(files), key=lambda f: f.name, reverse=True):
-            mine = local.get(item.name)
-            on_stick = self.read_sidecar(item.name)
-            reference = mine.sha256 if mine else on_stick
-            if reference is None:
-                unverifiable.append(item.name)
-                present.append(item)
-                continue
-            same_size = mine is None or mine.size == item.size
-            if same_size and self.sha256(item.name, cancel) == reference:
-                verified.append(item.name)
-                present.append(item)
-                if mine and on_stick != mine.sha256:
-                    self.write_small(item.name + naming.SIDECAR, sidecar_line(mine))
-            elif mine:
-                self.remove(item.name)
-                replaced.append(item.name)
-            else:
-                corrupt.append(item.name)
-                present.append(item)
-        self._remove_orphan_sidecars(files)
-        return Audit(
-            present=tuple(present),
-            verified=tuple(verified),
-            unverifiable=tuple(unverifiable),
-            replaced=tuple(replaced),
-            corrupt=tuple(corrupt),
-        )
-
-    def _remove_orphan_sidecars(self, files: dict[str, int]) -> None:
-        """A sidecar whose archive is gone (a prune interrupted between the two unlinks)."""
-        for name in files:
-            base = name.removesuffix(naming.SIDECAR)
-            if name.endswith(naming.SIDECAR) and base not in files:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=self.fd)
+        sidecars = {
+            name: self.read_sidecar(name)
+            for name in files
+            if naming.parse(name, self.prefix) and name + naming.SIDECAR in files
+        }
+        found = plan.survey(files, sidecars, local, recorded, recorded_names, self.prefix, now)
+        read_back = {
+            check.expect.name: self.sha256(check.expect.name, cancel)
+            for check in found.checks
+            if check.size == check.expect.size
+        }
+        audit = plan.judge(found, read_back)
+        for name in audit.replace:
+            self.remove(name)
+        for copy in audit.fix_sidecars:
+            self.write_small(copy.name + naming.SIDECAR, sidecar_line(copy))
+        for name in found.stale_sidecars:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self.fd)
+        return audit
 
     # --- changing -----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from usbagent.plan import StickFile
 from usbagent.state import read_json, write_json
 
 _SAFE_UUID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -25,6 +26,9 @@ class StickRecord:
     label: str = ""
     fstype: str = ""  # as the stick reported it (vfat, exfat, ext4, ...): doctor checks limits
     archives: tuple[str, ...] = ()  # our archives on the stick after the last sync, newest first
+    # the same copies with the size and sha256 usbagent verified them with: the only proof,
+    # on a later sync, that a file on the stick is a copy usbagent wrote (see usbagent.plan)
+    copies: tuple[StickFile, ...] = ()
     last_verified_copy: str = ""  # name of the newest archive verified on the stick
     last_verified_time: str = ""  # ISO time that archive was last verified
     last_seen: str = ""  # ISO time the stick was last plugged in / synced
@@ -36,12 +40,14 @@ class StickRecord:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["archives"] = list(self.archives)
+        d["copies"] = [asdict(c) for c in self.copies]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StickRecord:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known["archives"] = tuple(known.get("archives", ()))
+        known["copies"] = tuple(StickFile(**c) for c in known.get("copies", ()))
         return cls(**known)
 
 
@@ -89,12 +95,14 @@ def record_ok(
     free_bytes: int,
     newest_verified: str,
     fstype: str = "",
+    copies: tuple[StickFile, ...] = (),
 ) -> StickRecord:
     """A sync ended with every wanted archive verified on the stick."""
     now = _now()
     record = replace(
         _current(state_dir, uuid, label, fstype),
         archives=archives,
+        copies=copies,
         free_bytes=free_bytes,
         last_ok_sync=now,
         last_verified_copy=newest_verified,
@@ -111,14 +119,20 @@ def record_error(
     archives: tuple[str, ...] | None = None,
     free_bytes: int | None = None,
     fstype: str = "",
+    copies: tuple[StickFile, ...] | None = None,
 ) -> StickRecord:
-    """A recognised stick did not get a verified backup (failed or refused): say so."""
+    """A recognised stick did not get a verified backup (failed or refused): say so.
+
+    `archives`/`copies` (when known) are what the stick holds now: a failed sync may still
+    have copied, pruned or replaced some, and the next one trusts only what is recorded.
+    """
     record = _current(state_dir, uuid, label, fstype)
     record = replace(
         record,
         last_error=summary,
         last_error_time=_now(),
         archives=record.archives if archives is None else archives,
+        copies=record.copies if copies is None else copies,
         free_bytes=record.free_bytes if free_bytes is None else free_bytes,
     )
     return _save(state_dir, record)

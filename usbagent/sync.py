@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,7 +30,7 @@ from typing import Any
 from usbagent import ledger, mounts, naming, state
 from usbagent.config import Config
 from usbagent.copier import (
-    Audit,
+    CHUNK,
     Cancelled,
     DeviceFailed,
     StickFolder,
@@ -40,11 +42,22 @@ from usbagent.devices import Partition, describe, label_matches, refusal_reason
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
 from usbagent.mounts import MountEntry
-from usbagent.plan import LocalArchive, Refusal, SyncPlan, plan_sync, space_to_free
+from usbagent.plan import (
+    Audit,
+    Foreign,
+    LocalArchive,
+    Refusal,
+    StickFile,
+    SyncPlan,
+    plan_sync,
+    space_to_free,
+)
+from usbagent.units import human_bytes
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[["Progress"], None]
+AcceptedCallback = Callable[["SyncPlan"], None]
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,26 @@ def sizes_to_copy(config: Config) -> list[int]:
     return [a.size for a in local_archives(config)[: config.usb.keep]]
 
 
+@dataclass(frozen=True)
+class CorruptLocal:
+    """A local archive whose content does not match its own sidecar: a host problem."""
+
+    path: Path
+    sha256: str  # what the file holds
+    expected: str  # what its sidecar says
+
+
+def local_sha256(path: Path, cancel: threading.Event) -> str:
+    """sha256 of a local archive as it is now, read once (the copy then mostly hits cache)."""
+    h = hashlib.sha256()
+    with path.open("rb", buffering=0) as f:
+        while block := f.read(CHUNK):
+            if cancel.is_set():
+                raise Cancelled
+            h.update(block)
+    return h.hexdigest()
+
+
 def precheck(config: Config, partition: Partition) -> str | None:
     """The pre-mount refusal reason for a labelled partition, or None: the agent's one call."""
     return refusal_reason(partition, config.usb, sizes_to_copy(config))
@@ -126,43 +159,47 @@ class _Run:
     uuid: str
     fstype: str = ""
     started: float = field(default_factory=time.monotonic)
-    copied: list[str] = field(default_factory=list)
+    copied: list[StickFile] = field(default_factory=list)
     copied_bytes: int = 0
     pruned: list[str] = field(default_factory=list)
     audit: Audit | None = None
     planned: int = 0
     free_bytes: int | None = None
-    holds: tuple[str, ...] | None = None
+    future: tuple[str, ...] = ()  # local archives not copied: dated in the future
+    corrupt_local: list[CorruptLocal] = field(default_factory=list)
+
+    def holds(self) -> tuple[StickFile, ...] | None:
+        """Our verified copies on the stick now, newest first (None: never looked)."""
+        if self.audit is None:
+            return None
+        gone = set(self.pruned)
+        kept = [f for f in self.audit.present if f.name not in gone]
+        return tuple(sorted({*kept, *self.copied}, key=lambda f: f.name, reverse=True))
 
     def details(self) -> dict[str, Any]:
         audit = self.audit
+        holds = self.holds()
         return {
             "label": self.label,
             "uuid": self.uuid,
             "fstype": self.fstype,
-            "copied": list(self.copied),
+            "copied": [f.name for f in self.copied],
             "bytes": self.copied_bytes,
-            "verified": len(self.copied) + (len(audit.verified) if audit else 0),
-            "replaced": list(audit.replaced) if audit else [],
+            "verified": len(holds or ()),  # the verified copies the stick holds now
+            "replaced": list(audit.replace) if audit else [],
             "corrupt": list(audit.corrupt) if audit else [],
-            "unverifiable": list(audit.unverifiable) if audit else [],
+            "foreign": [{"name": f.name, "why": f.why} for f in audit.foreign] if audit else [],
+            "future": list(self.future),
+            "corrupt_local": [str(c.path) for c in self.corrupt_local],
             "pruned": list(self.pruned),
             "free_bytes": self.free_bytes,
-            "archives": list(self.holds or ()),
+            "archives": [f.name for f in holds or ()],
             "duration": round(time.monotonic() - self.started, 3),
         }
 
 
 def human(n: int | None) -> str:
-    """Bytes for people: 1.2 GB (decimal units, as stick vendors print them)."""
-    if n is None:
-        return "? bytes"
-    size = float(n)
-    for unit in ("bytes", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
+    return "? bytes" if n is None else human_bytes(n)
 
 
 def sync_mounted(
@@ -171,12 +208,15 @@ def sync_mounted(
     partition: Partition | None,
     cancel: threading.Event,
     progress: ProgressCallback | None = None,
+    accepted: AcceptedCallback | None = None,
 ) -> Outcome:
     """Bring the stick mounted at `mountpoint` up to date; record and return the outcome.
 
     Blocking (the agent calls it in a worker thread). Returns kind "sync" (ok or not) or
     "refused"; it never raises for stick or I/O problems. When `cancel` is set it stops
     within about a second, leaving no `.partial` behind when the stick still allows it.
+    `accepted` is called (in this thread) once every rule passed and copying starts, so a
+    stick that ends up refused is never first announced as being backed up.
     """
     partition = partition or _facts_if_known(mountpoint)
     run = _Run(
@@ -186,7 +226,7 @@ def sync_mounted(
         fstype=partition.fstype if partition else "",
     )
     try:
-        outcome = _sync(config, mountpoint, run, cancel, progress)
+        outcome = _sync(config, mountpoint, run, cancel, progress, accepted)
     except StickRefused as exc:
         outcome = _refused(run, str(exc))
     except Cancelled:
@@ -206,32 +246,90 @@ def sync_mounted(
     return outcome
 
 
+def read_only_reason(mountpoint: Path) -> str | None:
+    """Why nothing may be written to `mountpoint` as it was found, or None.
+
+    Whoever mounted it read-only (a person, a desktop, `mount -o ro`) decided so before we
+    came: that is not the stick failing, and the fix is theirs to choose.
+    """
+    if not os.path.ismount(mountpoint) or not os.statvfs(mountpoint).f_flag & os.ST_RDONLY:
+        return None
+    return (
+        f"{mountpoint} is mounted read-only, so usbagent wrote nothing to it; remount it "
+        f"read-write (mount -o remount,rw {mountpoint}) or unmount it and plug the stick in "
+        "again"
+    )
+
+
 def _sync(
     config: Config,
     mountpoint: Path,
     run: _Run,
     cancel: threading.Event,
     progress: ProgressCallback | None,
+    accepted: AcceptedCallback | None,
 ) -> Outcome:
+    if (reason := read_only_reason(mountpoint)) is not None:
+        return _refused(run, reason)
     prefix = config.archive_prefix
     local = local_archives(config)
+    record = ledger.load(config.agent.state_dir, run.uuid) if run.uuid else None
+    now = datetime.now(UTC)
     with StickFolder(mountpoint, config.usb.directory, prefix) as folder:
         files = folder.scan()
         if folder.remove_partials(files):
             files = folder.scan()
-        run.audit = folder.audit(files, {a.name: a for a in local}, cancel)
+        recorded = (record.copies, record.archives) if record else ((), ())
+        run.audit = folder.audit(files, local, *recorded, now, cancel)
         run.free_bytes = folder.free_bytes()
-        plan = plan_sync(local, run.audit.present, run.free_bytes, config.usb.keep, prefix)
+        plan = _plan(config, local, run, now, cancel)
         if isinstance(plan, Refusal):
-            run.holds = tuple(f.name for f in run.audit.present)
             return _refused(run, plan.reason)
         run.planned = len(plan.copy)
+        run.future = plan.future
+        if accepted is not None:
+            accepted(plan)
         _carry_out(config, folder, plan, run, cancel, progress)
         run.free_bytes = folder.free_bytes()
-    gone = set(run.pruned)
-    kept = [f.name for f in run.audit.present if f.name not in gone]
-    run.holds = tuple(sorted({*kept, *run.copied}, reverse=True))
     return _finished(run, config, have_local=bool(local))
+
+
+def _plan(
+    config: Config, local: list[LocalArchive], run: _Run, now: datetime, cancel: threading.Event
+) -> SyncPlan | Refusal:
+    """The plan, with every archive it copies first checked against its own sidecar.
+
+    A local archive that fails its sidecar is a host problem: it is not copied (the stick
+    keeps its older copies in its place), and the sync fails naming it. Checking before
+    the copy, not after, is what lets the plan keep those older copies.
+    """
+    assert run.audit is not None and run.free_bytes is not None
+    names = {a.name for a in local}
+    exclude = {f.name for f in run.audit.foreign if f.why == "differs" and f.name in names}
+    checked: set[str] = set()
+    while True:
+        plan = plan_sync(
+            local,
+            run.audit.present,
+            run.free_bytes,
+            config.usb.keep,
+            config.archive_prefix,
+            now,
+            exclude,
+        )
+        if isinstance(plan, Refusal):
+            return plan
+        unchecked = [a for a in plan.copy if a.name not in checked]
+        if not unchecked:
+            return plan
+        for archive in unchecked:
+            checked.add(archive.name)
+            path = config.archive.destination / archive.name
+            digest = local_sha256(path, cancel)
+            if digest != archive.sha256:
+                log.error("%s does not match its sidecar; not copied", path)
+                run.corrupt_local.append(CorruptLocal(path, digest, archive.sha256))
+                exclude.add(archive.name)
 
 
 def _carry_out(
@@ -252,7 +350,7 @@ def _carry_out(
         log.info("copying %s (%s) to %s", archive.name, human(archive.size), run.stick)
         on_chunk = _reporter(progress, index, plan, archive.name, run.copied_bytes)
         folder.copy_in(config.archive.destination / archive.name, archive, cancel, on_chunk)
-        run.copied.append(archive.name)
+        run.copied.append(StickFile(archive.name, archive.size, archive.sha256))
         run.copied_bytes += archive.size
     for name, _ in list(waiting):
         _prune(folder, name, run, waiting)
@@ -283,31 +381,73 @@ def _prune(folder: StickFolder, name: str, run: _Run, waiting: list[tuple[str, i
 # --- outcomes -----------------------------------------------------------------------------
 
 
+_FOREIGN = {
+    "future": "dated in the future",
+    "unrecorded": "usbagent has no record of writing it",
+    "differs": "not the archive usbagent made under that name",
+    "unverifiable": "no checksum to verify it against",
+    "sidecar": "a checksum file without its archive",
+}
+
+
+def _foreign_note(foreign: tuple[Foreign, ...]) -> str:
+    shown = ", ".join(f"{f.name} ({_FOREIGN[f.why]})" for f in foreign[:3])
+    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    return (
+        f"left alone {len(foreign)} file(s) named like archives that are not copies usbagent "
+        f"wrote: {shown}{more}; they do not count as backups (move them off the stick)"
+    )
+
+
+def _problem(run: _Run, config: Config, have_local: bool) -> str | None:
+    """Why a sync that ran to its end still failed, or None."""
+    audit = run.audit
+    assert audit is not None
+    if audit.corrupt:
+        return (
+            f"copies on the stick are corrupt and no longer exist here to replace them: "
+            f"{', '.join(audit.corrupt)} (the stick may be failing: replace it, or delete "
+            "those files to accept the loss)"
+        )
+    if run.corrupt_local:
+        bad = run.corrupt_local[0]
+        more = f" (and {len(run.corrupt_local) - 1} more)" if len(run.corrupt_local) > 1 else ""
+        return (
+            f"the local archive {bad.path}{more} is corrupt on this host: its sha256 is "
+            f"{bad.sha256}, its sidecar says {bad.expected}; nothing was copied for it. The "
+            f"stick is not at fault: check the disk holding {config.archive.destination}, "
+            "then delete that archive and its .sha256 and run `usbagent archive`"
+        )
+    if blocking := [f.name for f in audit.foreign if f.why == "differs"]:
+        return (
+            f"{', '.join(blocking)} on the stick is not the archive usbagent made under that "
+            "name (its content differs and usbagent never wrote it), so it was left alone and "
+            "the real archive not copied there; move that file off the stick and sync again"
+        )
+    if not have_local:
+        return f"no archives in {config.archive.destination} to copy (has `usbagent archive` run?)"
+    return None
+
+
 def _finished(run: _Run, config: Config, have_local: bool) -> Outcome:
     audit = run.audit
     assert audit is not None
-    verified = len(run.copied) + len(audit.verified)
+    if (problem := _problem(run, config, have_local)) is not None:
+        return _failed(run, problem)
+    verified = len(run.holds() or ())
     tail = f"{human(run.free_bytes)} free; safe to remove after unmount"
     notes = []
-    if audit.replaced:
-        notes.append(f"replaced {len(audit.replaced)} corrupt copy(ies)")
+    if audit.replace:
+        notes.append(f"replaced {len(audit.replace)} corrupt copy(ies)")
     if run.pruned:
         notes.append(f"pruned {len(run.pruned)} old")
-    if audit.unverifiable:
-        notes.append(f"{len(audit.unverifiable)} old copy(ies) without a checksum to verify")
+    if run.future:
+        notes.append(
+            f"not copied, dated in the future: {', '.join(run.future)} (is the clock right?)"
+        )
+    if audit.foreign:
+        notes.append(_foreign_note(audit.foreign))
     extra = f" ({'; '.join(notes)})" if notes else ""
-    if audit.corrupt:
-        return _failed(
-            run,
-            f"copies on the stick are corrupt and no longer exist here to replace them: "
-            f"{', '.join(audit.corrupt)} (the stick may be failing: replace it, or delete "
-            "those files to accept the loss)",
-        )
-    if not have_local:
-        return _failed(
-            run,
-            f"no archives in {config.archive.destination} to copy (has `usbagent archive` run?)",
-        )
     if run.copied:
         summary = (
             f"copied {len(run.copied)} archive(s) ({human(run.copied_bytes)}) to {run.stick}, "
@@ -352,39 +492,52 @@ def refused_outcome(partition: Partition, reason: str) -> Outcome:
 def record_refusal(config: Config, partition: Partition, reason: str) -> Outcome:
     """Record a pre-mount refusal in the state dir and the stick's ledger; return it."""
     outcome = refused_outcome(partition, reason)
-    ledger_update(config, partition.uuid, outcome.details["label"], outcome)
+    ledger_update(config, partition.uuid, outcome.details["label"], outcome, None)
     state.record(config.agent, outcome)
     return outcome
 
 
 def _record(config: Config, run: _Run, outcome: Outcome) -> None:
-    ledger_update(config, run.uuid, run.label, outcome)
+    ledger_update(config, run.uuid, run.label, outcome, run.holds())
     state.record(config.agent, outcome)
 
 
-def ledger_update(config: Config, uuid: str, label: str, outcome: Outcome) -> None:
-    """Write the outcome into the stick's ledger (sticks without a UUID have none)."""
+def ledger_update(
+    config: Config,
+    uuid: str,
+    label: str,
+    outcome: Outcome,
+    holds: tuple[StickFile, ...] | None,
+) -> None:
+    """Write the outcome into the stick's ledger (sticks without a UUID have none).
+
+    `holds`: our verified copies on the stick now (None: not looked at, keep the record's).
+    Only these are named in the ledger: a file usbagent did not write and verify never is.
+    """
     if not uuid:
         return
     d = outcome.details
-    holds = tuple(d["archives"]) if d.get("archives") else None
+    names = tuple(f.name for f in holds) if holds is not None else None
     fstype = d.get("fstype", "")
+    state_dir = config.agent.state_dir
     if outcome.ok:
-        newest = holds[0] if holds else ""
+        newest = names[0] if names else ""
         ledger.record_ok(
-            config.agent.state_dir, uuid, label, holds or (), d["free_bytes"], newest, fstype
+            state_dir, uuid, label, names or (), d["free_bytes"], newest, fstype, holds or ()
         )
     else:
         ledger.record_error(
-            config.agent.state_dir, uuid, label, outcome.summary, holds, d.get("free_bytes"), fstype
+            state_dir, uuid, label, outcome.summary, names, d.get("free_bytes"), fstype, holds
         )
 
 
 _CAUSES = {
     errno.ENOSPC: "the stick is full (no space left on device)",
     errno.EDQUOT: "the stick is full (disk quota exceeded)",
-    errno.EROFS: "the stick's filesystem is read-only (the kernel remounts it so after an "
-    "error; check the stick with fsck, or replace it)",
+    # A mount found read-only is refused before anything is written (read_only_reason), so
+    # EROFS here means it turned read-only during the run.
+    errno.EROFS: "the stick's filesystem turned read-only during the sync (the kernel does "
+    "that after an error on the stick; check the stick with fsck, or replace it)",
     errno.EIO: "I/O error on the stick (it is failing or was pulled out)",
     errno.ENODEV: "the stick disappeared (pulled out?)",
     errno.ENXIO: "the stick disappeared (pulled out?)",

@@ -193,7 +193,8 @@ def test_filesystem_turning_read_only_mid_run_fails_clearly_and_loses_nothing(
     # Newest first: `second` is copied and verified, the error hits during `first`.
     outcome = sync(config, mount, once(lambda p: p.index == 2 and _trigger_fs_error(device)))
 
-    assert not outcome.ok and "read-only" in outcome.summary, outcome.summary
+    assert not outcome.ok and "turned read-only during the sync" in outcome.summary
+    assert "fsck" in outcome.summary and "mounted read-only" not in outcome.summary
     assert "1 of 2 archive(s) copied" in outcome.summary
     on_stick = stick_files(mount)
     assert second.name in on_stick and first.name not in on_stick
@@ -381,3 +382,63 @@ def test_corrupted_copy_that_cannot_be_replaced_is_kept_and_reported(
     assert old.name in stick_files(mount)  # a damaged only copy still holds readable data
     assert archive_name(2) in stick_files(mount)  # the new archive was still copied
     assert ledger.load(config.agent.state_dir, facts_at(mount).uuid).last_error  # type: ignore[union-attr]
+
+
+# --- read-only: found so vs turned so ---------------------------------------------------------
+
+
+def test_a_stick_mounted_read_only_by_the_user_is_not_blamed_and_not_written(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    config = sync_config(tmp_path, unique_label)
+    make_archive(config.archive.destination, 1, MIB)
+    mount = make_stick(PartSpec("ext4", label=unique_label)).mount(options="ro,nosuid,nodev")
+
+    r = usbagent(write_toml(config, tmp_path / "c.toml"), "sync", str(mount))
+
+    assert r.returncode == 1
+    assert f"{mount} is mounted read-only" in r.stderr, r.stderr
+    assert "remount it read-write" in r.stderr and "unmount it and plug" in r.stderr
+    assert "fsck" not in r.stderr and "kernel" not in r.stderr
+    assert stick_files(mount) == set()  # not even the folder
+    last = state.last_error(config.agent.state_dir)
+    assert last is not None and "mounted read-only" in last.summary
+
+
+# --- a corrupt archive on this host -----------------------------------------------------------
+
+
+def _corrupt_local(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_corrupt_local_archive_is_a_host_problem_and_nothing_of_it_is_copied(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    config = sync_config(tmp_path, unique_label, keep=2)
+    old = make_archive(config.archive.destination, 1, MIB)
+    mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
+    toml = write_toml(config, tmp_path / "c.toml")
+    assert usbagent(toml, "sync", str(mount)).returncode == 0
+    bad = make_archive(config.archive.destination, 2, 3 * MIB)
+    good = make_archive(config.archive.destination, 3, MIB)
+    _corrupt_local(config.archive.destination / bad.name, 2 * MIB + 17)
+
+    r = usbagent(toml, "sync", str(mount))
+
+    assert r.returncode == 1
+    bad_path = config.archive.destination / bad.name
+    assert f"the local archive {bad_path} is corrupt on this host" in r.stderr, r.stderr
+    assert "stick is not at fault" in r.stderr and "read back from the stick" not in r.stderr
+    assert "run `usbagent archive`" in r.stderr
+    # Nothing of it on the stick (not even a partial); the older copy keeps its place.
+    assert stick_files(mount) == with_sidecars(old.name, good.name)
+    assert sha256_file(mount / "usbagent" / good.name) == good.sha256
+    assert sha256_file(mount / "usbagent" / old.name) == old.sha256
+    record = ledger.load(config.agent.state_dir, facts_at(mount).uuid)  # type: ignore[union-attr]
+    assert record is not None and record.archives == (good.name, old.name)
+    assert "corrupt on this host" in record.last_error
