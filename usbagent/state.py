@@ -4,6 +4,7 @@ Layout (all JSON, under agent.state_dir):
   last/<kind>.json      newest Outcome of each kind (archive, sync, refused, unit-failed, ...)
   last-error.json       newest Outcome with ok=false, whatever its kind
   events.jsonl          append-only history of Outcomes (bounded, oldest dropped)
+  archives.json         every archive a successful run made: name, size, sha256, when
   sticks/<uuid>.json    per-stick ledger (see usbagent.ledger)
   heartbeat.json        the agent's pid, time and status line, refreshed while it runs
 """
@@ -14,7 +15,10 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,46 @@ from usbagent.events import Outcome
 from usbagent.fsutil import write_atomic
 
 MAX_EVENTS = 1000
+# Archives remembered, newest first. Retention keeps `keep_days` (14 by default) of nightly
+# archives; 1000 covers years of them, or 41 days of hourly ones, and `status` only ever
+# needs the newest few. An archive dropped from the journal is reported as unknown.
+MAX_ARCHIVES = 1000
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ArchiveRecord:
+    """An archive a successful run wrote, as that run recorded it: what `status` trusts.
+
+    A file that merely has an archive name (touched, copied in, truncated) is not a backup;
+    one whose size and sidecar still match its record is one the job made.
+    """
+
+    name: str
+    size: int
+    sha256: str
+    recorded: datetime  # when its run recorded the outcome: the file was complete by then
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "recorded": self.recorded.isoformat(),
+        }
+
+
+def archive_record(outcome: Outcome) -> ArchiveRecord | None:
+    """The archive a successful archive run made, from its outcome's details, else None."""
+    d = outcome.details
+    name, size, digest = d.get("archive"), d.get("size"), d.get("sha256")
+    if outcome.kind != "archive" or not outcome.ok or not isinstance(name, str):
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or not isinstance(digest, str):
+        return None
+    if not _SHA256.match(digest):
+        return None
+    return ArchiveRecord(name, size, digest, outcome.time)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -51,6 +95,9 @@ def record(agent: AgentConfig, outcome: Outcome) -> None:
         if not outcome.ok:
             write_json(state_dir / "last-error.json", data)
         _append_event(state_dir / "events.jsonl", data)
+        made = archive_record(outcome)
+        if made is not None:
+            _remember_archive(state_dir, made)
         if agent.metrics_file is not None:
             from usbagent import metrics  # deferred: most callers never configure metrics
 
@@ -81,6 +128,48 @@ def _append_event(path: Path, data: dict[str, Any]) -> None:
     if path.stat().st_size > MAX_EVENTS * 1024:  # rough bound; trim to the newest events
         lines = path.read_text().splitlines(keepends=True)[-MAX_EVENTS:]
         write_atomic(path, "".join(lines).encode())
+
+
+def _journal(state_dir: Path) -> list[ArchiveRecord]:
+    """archives.json, newest first; entries that do not parse are skipped."""
+    data = read_json(state_dir / "archives.json")
+    out = []
+    for item in data if isinstance(data, list) else []:
+        try:
+            record = ArchiveRecord(
+                name=str(item["name"]),
+                size=int(item["size"]),
+                sha256=str(item["sha256"]),
+                recorded=datetime.fromisoformat(item["recorded"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+        out.append(record)
+    return out
+
+
+def _remember_archive(state_dir: Path, made: ArchiveRecord) -> None:
+    """Add `made` to the journal (under the record lock), newest first, bounded."""
+    kept = [r for r in _journal(state_dir) if r.name != made.name]
+    newest = sorted([made, *kept], key=lambda r: r.recorded, reverse=True)[:MAX_ARCHIVES]
+    write_json(state_dir / "archives.json", [r.to_json() for r in newest])
+
+
+def known_archives(
+    journal: Iterable[ArchiveRecord], outcomes: Iterable[Outcome]
+) -> dict[str, ArchiveRecord]:
+    """Archive name -> its record, from the journal and from outcomes (a state dir written
+    before the journal existed still knows its archives from events.jsonl / last/)."""
+    known: dict[str, ArchiveRecord] = {}
+    records = [*journal, *(r for r in map(archive_record, outcomes) if r is not None)]
+    for record in sorted(records, key=lambda r: r.recorded):  # a later record wins
+        known[record.name] = record
+    return known
+
+
+def archives(state_dir: Path, outcomes: Iterable[Outcome] = ()) -> dict[str, ArchiveRecord]:
+    """Every archive a successful run recorded: the journal plus `outcomes` (the history)."""
+    return known_archives(_journal(state_dir), outcomes)
 
 
 def last(state_dir: Path, kind: str) -> Outcome | None:

@@ -7,7 +7,18 @@ Every judgement lives in `evaluate`, so each failure mode is a fast unit test.
 The failure this project exists for is a backup that looks healthy while it is not: the
 timer is enabled and "active", the service exits 0, yet no archive newer than
 `agent.stale_after_hours` exists. Freshness is therefore judged from the archive files
-themselves, never from what a job claims to have done.
+themselves, never from what a job claims to have done; and a file counts only when it is
+an archive a successful run recorded (the state dir's journal: name, size, sha256) and still
+matches that record. A `touch`ed name is not a backup.
+
+The match is deliberately cheap, because monitoring runs status every minute and archives
+are gigabytes: the file's size must equal the size its run wrote, and its sidecar must state
+the sha256 its run recorded. That catches an empty or truncated file, a file someone put
+there, a lost or rewritten sidecar. It does not read the archive: bit rot that keeps the
+size is found by `usbagent verify` (a full hash), and by every stick sync, which hashes each
+archive before copying it. The file's mtime is not used: copying the folder to a new disk
+without -p changes every mtime but no archive, and an alarm that nothing can clear but
+waiting out retention would teach people to ignore status.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from typing import Any
 from usbagent import ledger, naming, outbox, state, systemd
 from usbagent.config import Config, ConfigError
 from usbagent.events import Kind, Outcome
+from usbagent.verify import parse_sidecar
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
 KINDS: tuple[Kind, ...] = typing.get_args(Kind)
@@ -55,9 +67,14 @@ SYSTEMD_PROPS = (
 
 @dataclass(frozen=True)
 class ArchiveFile:
+    """A file with one of our archive names in the destination, and what it is checked by."""
+
     name: str
     created: datetime  # from the name: when the archive job started
     size: int
+    record: state.ArchiveRecord | None = None  # what its run recorded; None: no run did
+    sidecar: str | None = None  # the sha256 its sidecar states, None when it states none
+    sidecar_problem: str = "the sidecar is missing"  # why it states none
 
 
 @dataclass(frozen=True)
@@ -84,7 +101,7 @@ class Stick:
 @dataclass(frozen=True)
 class Facts:
     destination: Path
-    newest_archive: ArchiveFile | None
+    archives: tuple[ArchiveFile, ...]  # every file with our archive name, newest first
     destination_problem: str | None  # the folder is missing or unreadable
     units: Mapping[str, systemd.Unit] | None  # None: systemd not reachable
     systemd_problem: str | None
@@ -108,28 +125,51 @@ class Check:
         return {"name": self.name, "state": self.state, "message": self.message}
 
 
-def newest_archive(destination: Path, prefix: str) -> ArchiveFile | None:
-    """The newest complete archive of ours in `destination` (raises OSError if unreadable)."""
-    best: ArchiveFile | None = None
+def _sidecar(folder: Path, name: str) -> tuple[str | None, str]:
+    """The digest the sidecar of archive `name` states, or None and why it states none."""
+    sidecar = folder / (name + naming.SIDECAR)
+    try:
+        with sidecar.open("rb") as f:
+            text = f.read(4096).decode("utf-8", "replace")  # one line: a name and 64 hex
+    except FileNotFoundError:
+        return None, f"the sidecar {sidecar.name} is missing"
+    except OSError as exc:
+        return None, f"the sidecar {sidecar.name} cannot be read: {exc.strerror}"
+    try:
+        return parse_sidecar(text, name), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def archive_files(
+    destination: Path, prefix: str, known: Mapping[str, state.ArchiveRecord]
+) -> tuple[ArchiveFile, ...]:
+    """Our archive files in `destination`, newest first (raises OSError if unreadable)."""
+    found = []
     with os.scandir(destination) as entries:
         for entry in entries:
             parsed = naming.parse(entry.name, prefix)
             if parsed is None or not entry.is_file(follow_symlinks=False):
                 continue
-            if best is None or parsed.created > best.created:
-                best = ArchiveFile(entry.name, parsed.created, entry.stat().st_size)
-    return best
+            digest, why = _sidecar(destination, entry.name)
+            size_ = entry.stat(follow_symlinks=False).st_size
+            found.append(
+                ArchiveFile(entry.name, parsed.created, size_, known.get(entry.name), digest, why)
+            )
+    return tuple(sorted(found, key=lambda a: a.created, reverse=True))
 
 
-def _archive_facts(config: Config) -> tuple[ArchiveFile | None, str | None]:
+def _archive_facts(
+    config: Config, known: Mapping[str, state.ArchiveRecord]
+) -> tuple[tuple[ArchiveFile, ...], str | None]:
     try:
-        return newest_archive(config.archive.destination, config.archive_prefix), None
+        return archive_files(config.archive.destination, config.archive_prefix, known), None
     except FileNotFoundError:
-        return None, "does not exist"
+        return (), "does not exist"
     except NotADirectoryError:
-        return None, "is not a folder"
+        return (), "is not a folder"
     except PermissionError:
-        return None, "is not readable by this user"
+        return (), "is not readable by this user"
 
 
 def _time(value: Any) -> datetime | None:
@@ -187,13 +227,15 @@ class _History:
     last: dict[str, Outcome]
     last_ok: dict[str, Outcome]
     unit_failures: dict[str, Outcome]
+    archives: dict[str, state.ArchiveRecord]  # every archive a successful run recorded
 
 
 def _history(state_dir: Path) -> _History:
-    """Newest outcome per kind, newest success per kind, newest failure per unit."""
-    h = _History({}, {}, {})
+    """Newest outcome per kind, newest success per kind, newest failure per unit, and the
+    archives the runs made."""
     newest_files = [state.last(state_dir, kind) for kind in KINDS]  # outlive history trimming
     known = state.events(state_dir) + [o for o in newest_files if o is not None]
+    h = _History({}, {}, {}, state.archives(state_dir, known))
     for outcome in sorted(known, key=lambda o: o.time):  # oldest first: later ones win
         h.last[outcome.kind] = outcome
         if outcome.ok:
@@ -212,12 +254,12 @@ def _systemd_facts() -> tuple[dict[str, systemd.Unit] | None, str | None]:
 
 def gather(config: Config) -> Facts:
     state_dir = config.agent.state_dir
-    newest, problem = _archive_facts(config)
-    units, systemd_problem = _systemd_facts()
     history = _history(state_dir)
+    archives, problem = _archive_facts(config, history.archives)
+    units, systemd_problem = _systemd_facts()
     return Facts(
         destination=config.archive.destination,
-        newest_archive=newest,
+        archives=archives,
         destination_problem=problem,
         units=units,
         systemd_problem=systemd_problem,
@@ -271,15 +313,29 @@ def _timer_active(units: Mapping[str, systemd.Unit] | None) -> bool:
     return timer.loaded and timer.get("ActiveState") == "active"
 
 
+def archive_problem(f: ArchiveFile) -> str | None:
+    """Why this file is not the archive a successful run recorded under its name, or None."""
+    r = f.record
+    if r is None:
+        return "is not an archive a successful usbagent run recorded"
+    if f.size != r.size:
+        return f"is {f.size} bytes, but its run wrote {r.size} bytes"
+    if f.sidecar is None:
+        return f"fails its sidecar: {f.sidecar_problem}"
+    if f.sidecar != r.sha256:
+        return "fails its sidecar: it states another sha256 than the archive's run wrote"
+    return None
+
+
 def check_archive(
-    newest: ArchiveFile | None,
+    archives: tuple[ArchiveFile, ...],
     problem: str | None,
     destination: Path,
     stale_after_hours: float,
     now: datetime,
     timer_active: bool = False,
 ) -> Check:
-    """Freshness of the newest archive file: the one check that cannot be fooled by a job."""
+    """Freshness of the newest good archive: one a run recorded, that still matches."""
     limit = timedelta(hours=stale_after_hours)
     despite = (
         f" although {systemd.ARCHIVE_TIMER} is enabled and active: the nightly job runs "
@@ -289,8 +345,18 @@ def check_archive(
     )
     if problem is not None:
         return Check("archive", CRITICAL, f"archive folder {destination} {problem}")
+    newest = next((a for a in archives if archive_problem(a) is None), None)
     if newest is None:
-        return Check("archive", CRITICAL, f"no archive in {destination}{despite}")
+        others = (
+            f" ({len(archives)} file(s) with archive names, none of them one: see archive-files)"
+            if archives
+            else ""
+        )
+        return Check(
+            "archive",
+            CRITICAL,
+            f"no archive a successful run recorded in {destination}{others}{despite}",
+        )
     archive_age = now - newest.created
     if archive_age > limit:
         return Check(
@@ -309,6 +375,50 @@ def check_archive(
         "archive",
         OK,
         f"newest archive {newest.name}, {age(archive_age)} old, {size(newest.size)}",
+    )
+
+
+def check_archive_files(archives: tuple[ArchiveFile, ...], destination: Path) -> Check:
+    """Files with archive names that are not the archives their runs recorded.
+
+    The newest recorded archive failing its record is CRITICAL (the newest backup is gone,
+    whatever is older); an older one failing, or a file no run recorded that is newer than
+    the newest good archive (it would pass for the newest backup by its name), is a WARNING.
+    """
+    name = "archive-files"
+    fix = f"run `usbagent archive` now, and `usbagent verify {destination}`"
+    newest_recorded = next((a for a in archives if a.record is not None), None)
+    if newest_recorded is not None and (problem := archive_problem(newest_recorded)):
+        return Check(
+            name,
+            CRITICAL,
+            f"newest archive {newest_recorded.name} {problem}: it is not a backup; {fix}",
+        )
+    damaged = [a for a in archives if a.record is not None and archive_problem(a)]
+    if damaged:
+        return Check(
+            name,
+            WARNING,
+            f"{len(damaged)} older archive(s) no longer match their run, newest "
+            f"{damaged[0].name}: it {archive_problem(damaged[0])}; run `usbagent verify "
+            f"{destination}`",
+        )
+    good = [a.created for a in archives if archive_problem(a) is None]
+    unknown = [a for a in archives if a.record is None and (not good or a.created > good[0])]
+    if unknown:
+        return Check(
+            name,
+            WARNING,
+            f"{len(unknown)} file(s) with an archive name that no successful usbagent run "
+            f"recorded, newest {unknown[0].name} ({size(unknown[0].size)}): not counted as "
+            f"backups; find out who put them in {destination}, and remove them",
+        )
+    if not archives:
+        return Check(name, OK, "no archive files")
+    return Check(
+        name,
+        OK,
+        f"{len(archives)} archive(s), each the size its run wrote, with the sidecar it wrote",
     )
 
 
@@ -543,13 +653,14 @@ def evaluate(facts: Facts, config: Config, now: datetime) -> list[Check]:
     """All checks, worst first (stable order among equals)."""
     checks = [
         check_archive(
-            facts.newest_archive,
+            facts.archives,
             facts.destination_problem,
             facts.destination,
             config.agent.stale_after_hours,
             now,
             _timer_active(facts.units),
         ),
+        check_archive_files(facts.archives, facts.destination),
         check_archive_job(facts),
         check_timer(facts.units, facts.systemd_problem),
         check_agent(facts, now),
@@ -570,18 +681,15 @@ def overall(checks: list[Check]) -> str:
 
 def archive_freshness(config: Config, now: datetime) -> Outcome | None:
     """Outcome(kind="stale") when the newest archive is too old or missing, else None."""
-    newest, problem = _archive_facts(config)
+    archives, problem = _archive_facts(config, _history(config.agent.state_dir).archives)
     check = check_archive(
-        newest, problem, config.archive.destination, config.agent.stale_after_hours, now
+        archives, problem, config.archive.destination, config.agent.stale_after_hours, now
     )
     if check.state == OK:
         return None
+    newest = next((a.name for a in archives if archive_problem(a) is None), None)
     return Outcome(
-        kind="stale",
-        ok=False,
-        summary=check.message,
-        time=now,
-        details={"archive": newest.name if newest else None},
+        kind="stale", ok=False, summary=check.message, time=now, details={"archive": newest}
     )
 
 

@@ -9,6 +9,7 @@ no GNU tar, a library that cannot be imported.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -65,10 +66,17 @@ class Deployment:
         return r.returncode, json.loads(r.stdout)
 
     def archive(self, age: timedelta, size: int = 1000) -> str:
+        """An archive file, its sidecar and its outcome, as a successful run leaves them."""
         name = naming.make(PREFIX, datetime.now(UTC) - age)
         dest = self.config.archive.destination
-        (dest / name.filename).write_bytes(b"x" * size)
-        (dest / name.sidecar).write_text(f"{'0' * 64}  {name.filename}\n")
+        data = os.urandom(size)
+        (dest / name.filename).write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        (dest / name.sidecar).write_text(f"{digest}  {name.filename}\n")
+        details = {"archive": name.filename, "size": size, "sha256": digest}
+        made = Outcome("archive", True, f"archive {name.filename} written",
+                       name.created + timedelta(seconds=30), details)  # fmt: skip
+        state.record(self.config.agent, made)
         return name.filename
 
 
@@ -192,7 +200,7 @@ def test_stale_or_missing_archive_is_critical_exit_2(
     heartbeat(deployment, agent_process)
     code, doc = deployment.status()
     assert (code, doc["state"]) == (2, "CRITICAL")
-    assert by_name(doc)["archive"]["message"].startswith("no archive in ")
+    assert by_name(doc)["archive"]["message"].startswith("no archive a successful run recorded in ")
     old = deployment.archive(timedelta(hours=30))
     code, doc = deployment.status()
     assert code == 2 and old in by_name(doc)["archive"]["message"]

@@ -7,16 +7,28 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.integration.test_status_doctor import (  # noqa: F401  (fixtures)
+from tests.integration import test_status_doctor as shared
+from tests.integration.archive_helpers import Setup, make_setup
+from tests.integration.test_status_doctor import (
+    PREFIX,
     Deployment,
-    agent_process,
     by_name,
-    deployment,
+    heartbeat,
+    synced_stick,
 )
+from usbagent import naming, state
+from usbagent.config import AgentConfig
+from usbagent.events import Outcome
+
+deployment = shared.deployment  # the fixtures, shared with the status/doctor tests
+agent_process = shared.agent_process
 
 
 def usbagent(*args: str) -> subprocess.CompletedProcess[str]:
@@ -65,3 +77,151 @@ def test_help_does_not_list_the_hidden_hook_command() -> None:
     assert "status" in r.stdout  # the listing itself is still there
     hook = usbagent("notify-failure", "--help")  # still callable by systemd
     assert hook.returncode == 0 and "unit" in hook.stdout
+
+
+# --- which files count as archives ------------------------------------------------------------
+
+
+def status_of(s: Setup) -> dict[str, dict[str, str]]:
+    r = s.cli("status", "--json")
+    assert r.returncode in (0, 1, 2), r.stderr
+    return by_name(json.loads(r.stdout))
+
+
+def touch_archive_name(folder: Path, prefix: str, when: datetime) -> str:
+    """What the issue did: `touch <prefix>-$(date -u +%Y%m%dT%H%M%SZ).tar.zst.age`."""
+    name = naming.make(prefix, when).filename
+    (folder / name).touch()
+    return name
+
+
+def test_a_touched_archive_name_is_not_a_backup(deployment: Deployment, agent_process: int) -> None:
+    touched = touch_archive_name(deployment.config.archive.destination, PREFIX, datetime.now(UTC))
+    code, doc = deployment.status()
+    checks = by_name(doc)
+    assert (code, checks["archive"]["state"]) == (2, "CRITICAL"), checks["archive"]
+    assert "no archive a successful run recorded" in checks["archive"]["message"]
+    assert "0 B" not in checks["archive"]["message"]
+    assert checks["archive-files"]["state"] == "WARNING"
+    assert touched in checks["archive-files"]["message"]
+
+
+def test_a_touched_name_beside_a_real_backup_is_reported_and_not_counted(
+    deployment: Deployment, agent_process: int
+) -> None:
+    heartbeat(deployment, agent_process)
+    real = deployment.archive(timedelta(hours=3), size=4096)
+    synced_stick(deployment, real)
+    code, doc = deployment.status()
+    assert (code, doc["state"]) == (0, "OK"), doc
+    touched = touch_archive_name(deployment.config.archive.destination, PREFIX, datetime.now(UTC))
+    code, doc = deployment.status()
+    checks = by_name(doc)
+    assert (code, doc["state"]) == (1, "WARNING"), doc
+    assert checks["archive"]["state"] == "OK" and real in checks["archive"]["message"]
+    assert touched not in checks["archive"]["message"]
+    assert checks["archive-files"]["message"].startswith(
+        "1 file(s) with an archive name that no successful usbagent run recorded, newest "
+        f"{touched} (0 B)"
+    )
+    (deployment.config.archive.destination / real).unlink()
+    code, doc = deployment.status()
+    assert (code, by_name(doc)["archive"]["state"]) == (2, "CRITICAL")
+
+
+def test_a_real_archive_that_no_longer_matches_its_run_is_critical(tmp_path: Path) -> None:
+    s = make_setup(tmp_path)
+    assert s.cli("archive").returncode == 0
+    (archive,) = s.archives()
+    checks = status_of(s)
+    assert checks["archive"]["state"] == "OK" and archive.name in checks["archive"]["message"]
+    assert checks["archive-files"]["state"] == "OK"
+    data = archive.read_bytes()
+    sidecar = archive.with_name(archive.name + naming.SIDECAR)
+    good_sidecar = sidecar.read_text()
+
+    archive.write_bytes(b"")  # truncated (a full disk, a bad copy)
+    checks = status_of(s)
+    assert checks["archive"]["state"] == "CRITICAL"
+    assert checks["archive-files"]["state"] == "CRITICAL"
+    assert (
+        f"newest archive {archive.name} is 0 bytes, but its run wrote {len(data)} bytes"
+        in checks["archive-files"]["message"]
+    )
+
+    archive.write_bytes(data)
+    sidecar.unlink()
+    checks = status_of(s)
+    assert checks["archive-files"]["state"] == "CRITICAL"
+    assert (
+        f"fails its sidecar: the sidecar {sidecar.name} is missing"
+        in (checks["archive-files"]["message"])
+    )
+
+    sidecar.write_text(f"{'0' * 64}  {archive.name}\n")  # a sidecar, but not the one it wrote
+    checks = status_of(s)
+    assert checks["archive-files"]["state"] == "CRITICAL"
+    assert "states another sha256" in checks["archive-files"]["message"]
+
+    sidecar.write_text(good_sidecar)
+    checks = status_of(s)
+    assert checks["archive"]["state"] == checks["archive-files"]["state"] == "OK"
+
+
+def test_an_older_archive_that_no_longer_matches_is_a_warning(tmp_path: Path) -> None:
+    s = make_setup(tmp_path)
+    assert s.cli("archive").returncode == 0
+    (older,) = s.archives()
+    newest_time = naming.parse(older.name)
+    assert newest_time is not None
+    # The next run gets the next second's name.
+    while naming.make(PREFIX, datetime.now(UTC)).created <= newest_time.created:
+        time.sleep(0.05)
+    assert s.cli("archive").returncode == 0
+    assert len(s.archives()) == 2
+    older.write_bytes(older.read_bytes()[:-1])
+    checks = status_of(s)
+    assert checks["archive"]["state"] == "OK"
+    assert checks["archive-files"]["state"] == "WARNING"
+    assert (
+        f"1 older archive(s) no longer match their run, newest {older.name}"
+        in (checks["archive-files"]["message"])
+    )
+
+
+def test_the_state_dir_knows_its_archives_after_the_history_is_trimmed(tmp_path: Path) -> None:
+    """events.jsonl is bounded: an archive outcome is trimmed away after enough events, and
+    last/archive.json holds only the newest archive run; the journal keeps the archive."""
+    s = make_setup(tmp_path)
+    assert s.cli("archive").returncode == 0
+    (archive,) = s.archives()
+    agent = AgentConfig(state_dir=s.state_dir)
+    filler = Outcome("sync", True, "x" * 1500, datetime.now(UTC) - timedelta(minutes=1))
+    with (s.state_dir / "events.jsonl").open("a") as f:
+        for _ in range(state.MAX_EVENTS + 100):
+            f.write(json.dumps(filler.to_json()) + "\n")
+    state.record(agent, Outcome("archive", False, "preflight failed: recipients missing"))
+    assert not any(o.details.get("archive") == archive.name for o in state.events(s.state_dir)), (
+        "the archive outcome should have been trimmed from the history"
+    )
+    checks = status_of(s)
+    assert checks["archive"]["state"] == "OK", checks["archive"]
+    assert archive.name in checks["archive"]["message"]
+    (s.state_dir / "archives.json").unlink()  # without the journal it is unknown
+    checks = status_of(s)
+    assert checks["archive"]["state"] == "CRITICAL"
+
+
+def test_agent_freshness_watch_does_not_count_a_touched_name(tmp_path: Path) -> None:
+    """The agent's periodic check ("stale" outcome) uses the same rule as status."""
+    from usbagent.config import load
+    from usbagent.status import archive_freshness
+
+    s = make_setup(tmp_path)
+    config = load(s.config)
+    touch_archive_name(s.destination, PREFIX, datetime.now(UTC))
+    stale: Any = archive_freshness(config, datetime.now(UTC))
+    assert stale is not None and stale.kind == "stale"
+    assert stale.summary.startswith("no archive a successful run recorded")
+    assert s.cli("archive").returncode == 0
+    assert archive_freshness(config, datetime.now(UTC)) is None

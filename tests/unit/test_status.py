@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from usbagent import outbox, status, systemd
+from usbagent import naming, outbox, state, status, systemd
 from usbagent.config import AgentConfig, Config
 from usbagent.events import Kind, Outcome
 from usbagent.status import CRITICAL, OK, UNKNOWN, WARNING, ArchiveFile, Check, Facts, Heartbeat
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CONFIG = Config(agent=AgentConfig(stale_after_hours=26, usb_stale_after_days=7))
-NAME = "host-20261126T020000Z.tar.zst.age"
+NAME = "host-20261126T020000Z.tar.zst.age"  # made 10 h before NOW
 
 
 def hours_ago(h: float) -> datetime:
@@ -43,6 +43,17 @@ def healthy_units(**timer: str) -> dict[str, systemd.Unit]:
     }
 
 
+DIGEST = "ab" * 32
+
+
+def made(created: datetime, **changes: object) -> ArchiveFile:
+    """An archive file as a successful run left it (recorded, its sidecar intact), then
+    `changes` made to the file."""
+    name, size = naming.make("host", created).filename, 123 * 2**20
+    record = state.ArchiveRecord(name, size, DIGEST, created + timedelta(minutes=5))
+    return replace(ArchiveFile(name, created, size, record, DIGEST), **changes)
+
+
 def outcome(kind: Kind, ok: bool, at: datetime, **details: object) -> Outcome:
     return Outcome(kind=kind, ok=ok, summary=f"{kind} {'ok' if ok else 'failed'}", time=at,
                    details=dict(details))  # fmt: skip
@@ -56,7 +67,7 @@ GOOD_ARCHIVE = outcome("archive", True, hours_ago(10), size=1000, duration=3.5)
 def healthy() -> Facts:
     return Facts(
         destination=Path("/data/backups"),
-        newest_archive=ArchiveFile(NAME, hours_ago(10), 123 * 2**20),
+        archives=(made(hours_ago(10)), made(hours_ago(34))),
         destination_problem=None,
         units=healthy_units(),
         systemd_problem=None,
@@ -101,7 +112,7 @@ def test_healthy_system_is_ok_with_every_fact_in_the_messages() -> None:
 
 def test_the_failure_this_project_exists_for_active_timer_but_no_fresh_archive() -> None:
     """Timer enabled and active, service 'success', but the newest archive is 30 h old."""
-    facts = replace(healthy(), newest_archive=ArchiveFile(NAME, hours_ago(30), 10))
+    facts = replace(healthy(), archives=(made(hours_ago(30)),))
     checks = checks_of(facts)
     assert checks["archive"].state == CRITICAL
     assert "30 h 0 min old" in checks["archive"].message
@@ -112,29 +123,27 @@ def test_the_failure_this_project_exists_for_active_timer_but_no_fresh_archive()
 
 
 def test_no_archive_at_all_is_critical() -> None:
-    checks = checks_of(replace(healthy(), newest_archive=None))
+    checks = checks_of(replace(healthy(), archives=()))
     assert checks["archive"].state == CRITICAL
-    assert "no archive in /data/backups" in checks["archive"].message
+    assert "no archive a successful run recorded in /data/backups" in checks["archive"].message
 
 
 def test_missing_destination_is_critical() -> None:
-    checks = checks_of(
-        replace(healthy(), newest_archive=None, destination_problem="does not exist")
-    )
+    checks = checks_of(replace(healthy(), archives=(), destination_problem="does not exist"))
     assert checks["archive"] == Check(
         "archive", CRITICAL, "archive folder /data/backups does not exist"
     )
 
 
 def test_archive_just_inside_the_limit_is_ok_and_just_outside_is_critical() -> None:
-    inside = replace(healthy(), newest_archive=ArchiveFile(NAME, hours_ago(25.9), 1))
-    outside = replace(healthy(), newest_archive=ArchiveFile(NAME, hours_ago(26.1), 1))
+    inside = replace(healthy(), archives=(made(hours_ago(25.9)),))
+    outside = replace(healthy(), archives=(made(hours_ago(26.1)),))
     assert checks_of(inside)["archive"].state == OK
     assert checks_of(outside)["archive"].state == CRITICAL
 
 
 def test_archive_dated_in_the_future_is_a_warning() -> None:
-    facts = replace(healthy(), newest_archive=ArchiveFile(NAME, NOW + timedelta(hours=5), 1))
+    facts = replace(healthy(), archives=(made(NOW + timedelta(hours=5)),))
     assert checks_of(facts)["archive"].state == WARNING
 
 
@@ -306,12 +315,12 @@ def test_pending_notifications() -> None:
 
 
 def test_checks_are_sorted_worst_first_and_text_leads_with_the_worst() -> None:
-    facts = replace(healthy(), newest_archive=None, sticks=())
+    facts = replace(healthy(), archives=(), sticks=())
     checks = status.evaluate(facts, CONFIG, NOW)
     assert [c.state for c in checks][:2] == [CRITICAL, WARNING]
     text = status.render_text(checks)
     assert text.splitlines()[0].startswith(
-        "usbagent CRITICAL: archive: no archive in /data/backups"
+        "usbagent CRITICAL: archive: no archive a successful run recorded in /data/backups"
     )
     assert text.splitlines()[1].startswith("CRITICAL archive: ")
 
@@ -342,3 +351,58 @@ def test_parse_systemctl_show_blocks() -> None:
     assert not b.loaded and c.props == {}
     exec_start = "{ path=/usr/bin/usbagent ; argv[]=/usr/bin/usbagent agent ; ignore_errors=no }"
     assert systemd.exec_paths(exec_start) == ["/usr/bin/usbagent"]
+
+
+def test_a_file_no_run_recorded_is_never_a_fresh_archive() -> None:
+    touched = ArchiveFile(naming.make("host", hours_ago(1)).filename, hours_ago(1), 0)
+    alone = checks_of(replace(healthy(), archives=(touched,)))
+    assert alone["archive"].state == CRITICAL
+    assert "none of them one" in alone["archive"].message
+    assert (
+        alone["archive-files"].state == WARNING and touched.name in alone["archive-files"].message
+    )
+    beside = checks_of(replace(healthy(), archives=(touched, made(hours_ago(10)))))
+    assert beside["archive"].state == OK and NAME in beside["archive"].message
+    assert beside["archive-files"].state == WARNING
+    older = checks_of(
+        replace(healthy(), archives=(made(hours_ago(1)), replace(touched, created=hours_ago(40))))
+    )
+    assert older["archive-files"].state == OK  # older than the newest good one: not passing for it
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"size": 0}, "is 0 bytes, but its run wrote 128974848 bytes"),
+        ({"sidecar": None, "sidecar_problem": "the sidecar x.sha256 is missing"},
+         "fails its sidecar: the sidecar x.sha256 is missing"),
+        ({"sidecar": "cd" * 32}, "fails its sidecar: it states another sha256"),
+    ],
+)  # fmt: skip
+def test_newest_recorded_archive_that_fails_its_record_is_critical(
+    changes: dict[str, object], says: str
+) -> None:
+    damaged = made(hours_ago(2), **changes)
+    checks = checks_of(replace(healthy(), archives=(damaged, made(hours_ago(10)))))
+    assert checks["archive-files"].state == CRITICAL
+    assert checks["archive-files"].message.startswith(f"newest archive {damaged.name} {says}")
+    assert checks["archive"].state == OK and NAME in checks["archive"].message  # the older one
+    older = checks_of(replace(healthy(), archives=(made(hours_ago(2)), damaged)))
+    assert older["archive-files"].state == WARNING
+
+
+def test_known_archives_come_from_the_journal_and_from_successful_outcomes() -> None:
+    def details(name: str, size: int = 5) -> dict[str, object]:
+        return {"archive": name, "size": size, "sha256": DIGEST}
+
+    journal = [state.ArchiveRecord("a", 1, DIGEST, hours_ago(30))]
+    outcomes = [
+        outcome("archive", True, hours_ago(5), **details("b")),
+        outcome("archive", False, hours_ago(4), **details("c")),  # a failed run: not a backup
+        outcome("sync", True, hours_ago(3), **details("d")),
+        outcome("archive", True, hours_ago(2), **details("a", size=7)),  # newer record wins
+        outcome("archive", True, hours_ago(1), archive="e", size=5, sha256="not-a-digest"),
+    ]
+    known = state.known_archives(journal, outcomes)
+    assert sorted(known) == ["a", "b"]
+    assert known["a"].size == 7
