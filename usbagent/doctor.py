@@ -29,6 +29,7 @@ from usbagent.backend import UDISKS_NAME
 from usbagent.config import Config
 from usbagent.devices import FAT_MAX_FILE
 from usbagent.errors import UsbagentError
+from usbagent.fsutil import unwritable
 from usbagent.install import check_executable
 
 UNIT_DIRS_ENV = "USBAGENT_UNIT_DIRS"
@@ -247,10 +248,9 @@ def check_paths(config: Config) -> list[Finding]:
     dest = config.archive.destination
     if not dest.is_dir():
         findings.append(Finding("destination", False, f"{dest} does not exist", f"mkdir -p {dest}"))
-    elif not os.access(dest, os.W_OK | os.X_OK):
-        findings.append(
-            Finding("destination", False, f"{dest} is not writable", f"chown root {dest}")
-        )
+    elif (problem := unwritable(dest)) is not None:
+        fix = f"{problem.fix}, or move archive.destination"
+        findings.append(Finding("destination", False, f"{dest} {problem.reason}", fix))
     else:
         findings.append(Finding("destination", True, str(dest)))
     return findings

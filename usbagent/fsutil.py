@@ -10,10 +10,14 @@ import contextlib
 import ctypes
 import errno
 import os
+import pwd
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from usbagent import mounts
 from usbagent.naming import PARTIAL
 
 
@@ -52,6 +56,68 @@ def write_atomic(final: Path, data: bytes, mode: int = 0o644) -> None:
     """Write a small file atomically (state files, sidecars, metrics)."""
     with atomic_writer(final, mode) as f:
         f.write(data)
+
+
+@dataclass(frozen=True)
+class Unwritable:
+    """Why files cannot be created in a folder, and what fixes it."""
+
+    reason: str  # completes "FOLDER ...", e.g. "is on a read-only file system (...)"
+    fix: str
+
+
+def unwritable(folder: Path) -> Unwritable | None:
+    """Try to create a file in `folder` (an unnamed O_TMPFILE where supported: nothing is
+    left behind); None when that works, else why not.
+
+    Tried for real, not judged from mode bits: root passes every permission check, so
+    os.access cannot tell a read-only mount, which needs a remount, from permissions,
+    which need a chown or chmod.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return _why_unwritable(folder, exc)
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _why_unwritable(folder: Path, exc: OSError) -> Unwritable:
+    if exc.errno == errno.EROFS:
+        try:
+            mount = mounts.containing(folder.resolve(), mounts.read())
+        except OSError:
+            mount = None
+        where = mount.mountpoint if mount else "its mount point"
+        return Unwritable(
+            f"is on a read-only file system ({where} is mounted read-only)",
+            f"remount it read-write (mount -o remount,rw {where})",
+        )
+    if exc.errno == errno.EACCES:
+        me = _user(os.geteuid())
+        try:
+            st = folder.stat()
+            owner = f" (owner {_user(st.st_uid)}, mode {st.st_mode & 0o7777:o})"
+        except OSError:
+            owner = ""
+        return Unwritable(
+            f"is not writable by {me}{owner}",
+            f"chown {me} {folder}, or give {me} write permission on it",
+        )
+    if exc.errno == errno.EPERM:
+        return Unwritable(
+            "refuses new files (EPERM): it is probably immutable or append-only",
+            f"lsattr -d {folder}; chattr -i -a {folder}",
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return Unwritable(f"is full ({exc.strerror})", "free some space on it")
+    return Unwritable(f"cannot be written: {exc.strerror}", f"check {folder} and its disk")
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)

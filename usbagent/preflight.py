@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import zstandard
 from usbagent import naming
 from usbagent.config import Config
 from usbagent.errors import UsbagentError
+from usbagent.fsutil import unwritable
 from usbagent.recipients import Recipient, load_recipients
 
 GROWTH = 1.25  # room for the next archive, relative to the newest one
@@ -51,8 +51,12 @@ def space_needed(newest_archive: int | None, source_bytes: int) -> int:
     return max(MIN_FREE, int(source_bytes * FIRST_RUN_FRACTION))
 
 
-def check(config: Config) -> Ready:
-    """Run every check in order; the first failure raises UsbagentError."""
+def check(config: Config, walk_sources: bool = True) -> Ready:
+    """Run every check in order; the first failure raises UsbagentError.
+
+    `status` asks with walk_sources=False: it runs every minute and must not walk every
+    source to estimate a first archive's size (it checks the MIN_FREE floor instead).
+    """
     recipients = load_recipients(config.archive.recipients_file)
     check_sources(config.archive.sources)
     destination = config.archive.destination
@@ -60,7 +64,7 @@ def check(config: Config) -> Ready:
     tar = find_gnu_tar()
     self_test(recipients)
     partials = stale_partials(destination, config.archive_prefix)
-    check_space(config, partials)
+    check_space(config, partials, walk_sources)
     return Ready(recipients=tuple(recipients), tar=tar, stale_partials=tuple(partials))
 
 
@@ -78,11 +82,12 @@ def check_destination(destination: Path) -> None:
         raise UsbagentError(
             f"destination {destination} {what} (create it, or fix archive.destination)"
         )
-    try:
-        with tempfile.TemporaryFile(dir=destination):
-            pass
-    except OSError as exc:
-        raise UsbagentError(f"destination {destination} is not writable: {exc.strerror}") from None
+    problem = unwritable(destination)
+    if problem is not None:
+        raise UsbagentError(
+            f"destination {destination} {problem.reason}; {problem.fix}, or move "
+            "archive.destination"
+        )
 
 
 def find_gnu_tar() -> str:
@@ -159,10 +164,11 @@ def apparent_size(sources: tuple[Path, ...]) -> int:
     return total
 
 
-def check_space(config: Config, partials: list[Path]) -> None:
+def check_space(config: Config, partials: list[Path], walk_sources: bool = True) -> None:
     destination = config.archive.destination
     newest = newest_archive_size(destination, config.archive_prefix)
-    sources = 0 if newest is not None else apparent_size(config.archive.sources)
+    walk = newest is None and walk_sources
+    sources = apparent_size(config.archive.sources) if walk else 0
     need = space_needed(newest, sources)
     st = os.statvfs(destination)
     free = st.f_bavail * st.f_frsize + sum(p.stat().st_size for p in partials)

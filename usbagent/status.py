@@ -36,6 +36,7 @@ from typing import Any
 
 from usbagent import ledger, naming, outbox, state, systemd
 from usbagent.config import Config, ConfigError
+from usbagent.errors import UsbagentError
 from usbagent.events import Kind, Outcome
 from usbagent.verify import parse_sidecar
 
@@ -113,6 +114,9 @@ class Facts:
     pending: tuple[outbox.Note, ...]  # desktop notifications nobody has seen
     # newest OnFailure record per unit: one unit's failure must not hide another's
     unit_failures: Mapping[str, Outcome] = field(default_factory=dict)
+    # why the archive job's own preflight refuses to run now (None: it passes): the next
+    # nightly run would fail with exactly this line
+    next_run_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -245,6 +249,20 @@ def _history(state_dir: Path) -> _History:
     return h
 
 
+def next_run_problem(config: Config) -> str | None:
+    """What the next archive run would fail with, asked of the job's own preflight checks
+    (without walking the sources for a first-run size estimate), or None if they pass."""
+    try:
+        from usbagent import preflight  # needs pyrage and zstandard: the job does too
+
+        preflight.check(config, walk_sources=False)
+    except UsbagentError as exc:
+        return str(exc)
+    except Exception as exc:  # whatever stops preflight stops the job: name it
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def _systemd_facts() -> tuple[dict[str, systemd.Unit] | None, str | None]:
     try:
         return systemd.show(systemd.UNITS, SYSTEMD_PROPS), None
@@ -270,6 +288,7 @@ def gather(config: Config) -> Facts:
         last_error=state.last_error(state_dir),
         pending=tuple(outbox.pending(state_dir)),
         unit_failures=history.unit_failures,
+        next_run_problem=next_run_problem(config),
     )
 
 
@@ -419,6 +438,18 @@ def check_archive_files(archives: tuple[ArchiveFile, ...], destination: Path) ->
         name,
         OK,
         f"{len(archives)} archive(s), each the size its run wrote, with the sidecar it wrote",
+    )
+
+
+def check_next_run(problem: str | None) -> Check:
+    """A run certain to fail is CRITICAL now, not after it failed at 02:00."""
+    if problem is not None:
+        return Check("next-run", CRITICAL, f"the next archive run will fail: {problem}")
+    return Check(
+        "next-run",
+        OK,
+        "preflight passes (recipients, sources, destination writable, GNU tar, encryption, "
+        "free space)",
     )
 
 
@@ -661,6 +692,7 @@ def evaluate(facts: Facts, config: Config, now: datetime) -> list[Check]:
             _timer_active(facts.units),
         ),
         check_archive_files(facts.archives, facts.destination),
+        check_next_run(facts.next_run_problem),
         check_archive_job(facts),
         check_timer(facts.units, facts.systemd_problem),
         check_agent(facts, now),

@@ -31,7 +31,7 @@ from tests.stack.sticks import mountpoints_of, unmount
 from usbagent import demo_stick, naming, state
 from usbagent.agent import PROBE_GRACE
 from usbagent.agent import Agent as AgentDaemon
-from usbagent.config import load
+from usbagent.config import AgentConfig, load
 from usbagent.events import Outcome
 from usbagent.udisks import UDisksBackend
 from usbagent.watchdog import Watchdog
@@ -64,6 +64,11 @@ def write_archive(destination: Path, n: int, size: int) -> str:
             digest.update(chunk)
             left -= len(chunk)
     (destination / (name + ".sha256")).write_text(f"{digest.hexdigest()}  {name}\n")
+    # Recorded as its run would (in the state dir beside it, see `env`): an archive no run
+    # recorded is not a backup, and the agent would rightly call the folder stale.
+    details = {"archive": name, "size": size, "sha256": digest.hexdigest()}
+    made = Outcome("archive", True, f"archive {name} written", details=details)
+    state.record(AgentConfig(state_dir=destination.parent / "state"), made)
     return name
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,9 +24,11 @@ from tests.integration.test_status_doctor import (
     heartbeat,
     synced_stick,
 )
+from tests.unit.test_preflight import need_root, tmpfs
 from usbagent import naming, state
 from usbagent.config import AgentConfig
 from usbagent.events import Outcome
+from usbagent.fsutil import unwritable
 
 deployment = shared.deployment  # the fixtures, shared with the status/doctor tests
 agent_process = shared.agent_process
@@ -225,3 +228,87 @@ def test_agent_freshness_watch_does_not_count_a_touched_name(tmp_path: Path) -> 
     assert stale.summary.startswith("no archive a successful run recorded")
     assert s.cli("archive").returncode == 0
     assert archive_freshness(config, datetime.now(UTC)) is None
+
+
+# --- the next nightly run, asked now -------------------------------------------------------------
+
+
+def test_a_recipients_file_that_moved_is_critical_now_naming_the_fix(tmp_path: Path) -> None:
+    s = make_setup(tmp_path)
+    assert s.cli("archive").returncode == 0
+    checks = status_of(s)
+    assert checks["next-run"]["state"] == "OK", checks["next-run"]
+    assert checks["archive"]["state"] == "OK"  # the archive itself is fine...
+    s.recipients.rename(tmp_path / "moved-away")
+    checks = status_of(s)
+    assert checks["archive"]["state"] == "OK"
+    assert checks["next-run"]["state"] == "CRITICAL"  # ...but tonight's run will fail
+    assert checks["next-run"]["message"] == (
+        f"the next archive run will fail: recipients file {s.recipients} does not exist "
+        "(put your age1… or ssh public key in it, or fix archive.recipients_file)"
+    )
+    text = s.cli("status")
+    assert text.returncode == 2
+    assert f"CRITICAL next-run: the next archive run will fail: recipients file {s.recipients}" in (
+        text.stdout
+    )
+
+
+def test_a_read_only_destination_is_critical_now_and_doctor_says_remount(tmp_path: Path) -> None:
+    need_root()
+    with tmpfs(tmp_path / "dest", "size=8M") as dest:
+        s = make_setup(tmp_path, destination=dest)
+        assert s.cli("archive").returncode == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(dest)], check=True)
+        checks = status_of(s)
+        doctor = s.cli("doctor")
+    fix = f"remount it read-write (mount -o remount,rw {dest})"
+    assert checks["next-run"]["state"] == "CRITICAL"
+    assert checks["next-run"]["message"] == (
+        f"the next archive run will fail: destination {dest} is on a read-only file system "
+        f"({dest} is mounted read-only); {fix}, or move archive.destination"
+    )
+    (line,) = [x for x in doctor.stdout.splitlines() if x.startswith("PROBLEM  destination:")]
+    assert line == (
+        f"PROBLEM  destination: {dest} is on a read-only file system ({dest} is mounted "
+        f"read-only). Fix: {fix}, or move archive.destination"
+    )
+    assert "chown" not in line
+
+
+def unwritable_as_nobody(folder: Path) -> str:
+    """fsutil.unwritable as an unprivileged user sees it (Debian's python, no venv)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from usbagent.fsutil import unwritable; "
+        "p = unwritable(__import__('pathlib').Path(sys.argv[2])); print(p.reason, '|', p.fix)"
+    )
+    project = Path(__file__).resolve().parents[2]
+    r = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
+         "-c", code, str(project), str(folder)],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_permissions_and_immutability_are_told_apart_from_a_read_only_mount() -> None:
+    need_root()
+    folder = Path(tempfile.mkdtemp(prefix="ua-perm-", dir="/tmp"))  # reachable by nobody
+    try:
+        folder.chmod(0o755)
+        assert unwritable_as_nobody(folder) == (
+            f"is not writable by nobody (owner root, mode 755) | chown nobody {folder}, or give "
+            "nobody write permission on it"
+        )
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+        try:
+            problem = unwritable(folder)
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        assert problem is not None and "immutable" in problem.reason
+        assert problem.fix == f"lsattr -d {folder}; chattr -i -a {folder}"
+        assert unwritable(folder) is None  # root, writable again: nothing left behind
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.rmdir()

@@ -117,7 +117,11 @@ def test_destination_read_only(tmp_path: Path) -> None:
     need_root()
     with (
         tmpfs(tmp_path / "ro", "ro,size=1M") as ro,
-        pytest.raises(UsbagentError, match=r"destination .* is not writable: Read-only"),
+        pytest.raises(
+            UsbagentError,
+            match=r"destination .* is on a read-only file system \(.* is mounted read-only\); "
+            r"remount it read-write \(mount -o remount,rw ",
+        ),
     ):
         preflight.check(setup(tmp_path, destination=ro))
 
