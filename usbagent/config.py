@@ -6,8 +6,11 @@ user fixes a broken config in one pass instead of discovering errors one restart
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import socket
+import string
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -86,11 +89,50 @@ def _safe_hostname() -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
+# --- rules shared with `install` ----------------------------------------------------------
+# One rule in one place: a value the config accepts is one `install` can render, so a label
+# or path never passes config and doctor only to be refused by install.
+
+# Characters udev keeps as-is in ID_FS_LABEL / ID_PART_ENTRY_NAME (others are rewritten, so
+# a rule matching the label as written would never match the device).
+UDEV_LABEL_CHARS = frozenset(string.ascii_letters + string.digits + "#+-.:=@_")
+
+
+def label_problem(label: str) -> str | None:
+    """Why a stick label cannot be matched by the udev rule `install` writes, or None."""
+    bad = sorted(set(label) - UDEV_LABEL_CHARS)
+    if not bad:
+        return None
+    return (
+        f"{label!r} contains {''.join(bad)!r}, which udev rewrites in device properties; "
+        "use only letters, digits and - _ . : = @ # +"
+    )
+
+
+def unit_path_problem(text: str) -> str | None:
+    """Why a path cannot be written into a systemd unit file safely, or None."""
+    if any(c in text for c in "\"'\\$") or not text.isprintable():
+        return (
+            f"{text!r}: quotes, '$', '\\' and control characters cannot be written into a "
+            "systemd unit safely; use a path without them"
+        )
+    return None
+
+
 # --- validation ---------------------------------------------------------------------------
 # A checker turns a raw TOML value into the typed value or raises ValueError with a message
 # saying what is allowed; the loader prefixes it with the key's dotted name.
 
 Checker = Callable[[Any], Any]
+# Upper bounds that keep every later date computation (now - limit) representable: a
+# value past them would be accepted here and crash retention or status with an
+# OverflowError every night. 100 years of archives, 10 years before "stale".
+MAX_KEEP_DAYS = 36500
+MAX_STALE_HOURS = 87600.0
+MAX_STALE_DAYS = 3650.0
+# A stick is usually FAT or exFAT: a folder name they cannot hold fails on every such stick.
+_FAT_FORBIDDEN = frozenset('"*/:<>?\\|')
+_HEX_UUID = re.compile(r"^[0-9a-f]+(-[0-9a-f]+)*$")
 
 
 def _bool(v: Any) -> bool:
@@ -110,18 +152,35 @@ def _int_range(lo: int, hi: int | None = None) -> Checker:
     return check
 
 
-def _positive_number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-        raise ValueError("must be a positive number")
-    return float(v)
+def _positive_number(most: float) -> Checker:
+    def check(v: Any) -> float:
+        # nan and inf are floats TOML allows; nan passes every comparison test but "> 0"
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"must be a positive number (at most {most:g}), got {v!r}")
+        if not 0 < v <= most:
+            raise ValueError(f"must be a positive number, at most {most:g}")
+        return float(v)
+
+    return check
 
 
 def _abs_path(v: Any) -> Path:
     if not isinstance(v, str) or not v:
         raise ValueError("must be a non-empty path string")
+    if "\0" in v:
+        raise ValueError("must not contain a NUL character")
     p = Path(v)
     if not p.is_absolute():
         raise ValueError(f"must be an absolute path, got {v!r}")
+    return p
+
+
+def _unit_path(v: Any) -> Path:
+    """A path `install` writes into the units (ReadWritePaths=): it must be writable there."""
+    p = _abs_path(v)
+    problem = unit_path_problem(str(p))
+    if problem:
+        raise ValueError(problem)
     return p
 
 
@@ -129,15 +188,34 @@ def _optional_path(v: Any) -> Path | None:
     return None if v == "" else _abs_path(v)
 
 
+def _metrics_path(v: Any) -> Path | None:
+    p = None if v == "" else _unit_path(v)
+    if p is not None and p.suffix != ".prom":
+        raise ValueError(
+            "must end in .prom: node_exporter's textfile collector reads only *.prom files"
+        )
+    return p
+
+
 def _str_list(nonempty: bool) -> Checker:
     def check(v: Any) -> tuple[str, ...]:
         if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
             raise ValueError("must be a list of non-empty strings")
+        if any("\0" in s for s in v):
+            raise ValueError("must not contain a NUL character")
         if nonempty and not v:
             raise ValueError("must not be empty")
         return tuple(v)
 
     return check
+
+
+def _labels(v: Any) -> tuple[str, ...]:
+    labels: tuple[str, ...] = _str_list(nonempty=True)(v)
+    problems = [p for p in map(label_problem, labels) if p]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return labels
 
 
 def _path_list(v: Any) -> tuple[Path, ...]:
@@ -154,8 +232,20 @@ def _prefix(v: Any) -> str:
 
 
 def _directory_name(v: Any) -> str:
-    if not isinstance(v, str) or not v or "/" in v or v in (".", ".."):
-        raise ValueError("must be a single folder name (no '/')")
+    """One folder name that FAT, exFAT and ext4 all hold as written (FAT drops a trailing
+    dot or space, and refuses the reserved characters), so every stick gets the same one."""
+    if (
+        not isinstance(v, str)
+        or not v.strip(" .")
+        or any(c in _FAT_FORBIDDEN or not c.isprintable() for c in v)
+        or v != v.strip(" ")
+        or v.endswith(".")
+        or len(v.encode()) > 255
+    ):
+        raise ValueError(
+            'must be a single folder name a FAT stick can hold: no / \\ : * ? " < > |, '
+            "no control characters, no leading or trailing space, no trailing dot"
+        )
     return v
 
 
@@ -169,7 +259,14 @@ def _choice(options: tuple[str, ...]) -> Checker:
 
 
 def _uuid_list(v: Any) -> tuple[str, ...]:
-    return tuple(s.lower() for s in _str_list(nonempty=False)(v))
+    uuids = tuple(s.lower() for s in _str_list(nonempty=False)(v))
+    bad = [u for u in uuids if not _HEX_UUID.match(u)]
+    if bad:
+        raise ValueError(
+            f"{bad[0]!r} is not a filesystem UUID as blkid shows it (hex digits and '-', "
+            "e.g. 1234-ABCD): a stick could never match it"
+        )
+    return uuids
 
 
 SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
@@ -178,9 +275,9 @@ SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         {
             "sources": _path_list,
             "exclude": _str_list(nonempty=False),
-            "destination": _abs_path,
+            "destination": _unit_path,
             "recipients_file": _abs_path,
-            "keep_days": _int_range(1),
+            "keep_days": _int_range(1, MAX_KEEP_DAYS),
             "compression_level": _int_range(1, 19),
             "prefix": _prefix,
             "identity_file": _optional_path,
@@ -189,7 +286,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
     "usb": (
         UsbConfig,
         {
-            "labels": _str_list(nonempty=True),
+            "labels": _labels,
             "uuids": _uuid_list,
             "require_usb": _bool,
             "directory": _directory_name,
@@ -201,10 +298,10 @@ SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
     "agent": (
         AgentConfig,
         {
-            "state_dir": _abs_path,
-            "stale_after_hours": _positive_number,
-            "usb_stale_after_days": _positive_number,
-            "metrics_file": _optional_path,
+            "state_dir": _unit_path,
+            "stale_after_hours": _positive_number(MAX_STALE_HOURS),
+            "usb_stale_after_days": _positive_number(MAX_STALE_DAYS),
+            "metrics_file": _metrics_path,
         },
     ),
     "notify": (NotifyConfig, {"enabled": _bool}),

@@ -13,14 +13,13 @@ import argparse
 import os
 import re
 import shutil
-import string
 import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from usbagent.config import Config
+from usbagent.config import Config, label_problem, unit_path_problem
 from usbagent.errors import UsbagentError
 from usbagent.fsutil import write_atomic
 
@@ -40,8 +39,6 @@ PLACEHOLDER = re.compile(r"@([a-z_]+)@")
 # `systemd-analyze verify` touches this even on a machine without systemd as PID 1.
 UNITS_LOAD_STAMP = Path("/run/systemd/systemd-units-load")
 ENABLE = ("usbagent-archive.timer", "usbagent.service")
-# Characters udev keeps as-is in ID_FS_LABEL / ID_PART_ENTRY_NAME (others are rewritten).
-UDEV_LABEL_CHARS = frozenset(string.ascii_letters + string.digits + "#+-.:=@_")
 
 
 def template(folder: str, name: str) -> Path:
@@ -96,23 +93,18 @@ def check_executable(path: Path) -> Path:
 def unit_path(path: Path) -> str:
     """A path as a unit file word: % escaped, quoted when it holds spaces."""
     text = str(path)
-    if any(c in text for c in "\"'\\$") or not text.isprintable():
-        raise UsbagentError(
-            f"{text!r}: quotes, '$', '\\' and control characters cannot be written into a "
-            "systemd unit safely; use a path without them"
-        )
+    problem = unit_path_problem(text)  # config applies it to the configured paths too
+    if problem:
+        raise UsbagentError(problem)
     text = text.replace("%", "%%")
     return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
 def label_glob(label: str) -> str:
     """A udev glob matching `label` in any letter case (FAT stores labels upper-case)."""
-    bad = sorted(set(label) - UDEV_LABEL_CHARS)
-    if bad:
-        raise UsbagentError(
-            f"usb.labels: {label!r} contains {''.join(bad)!r}, which udev rewrites in device "
-            "properties; use only letters, digits and - _ . : = @ # +"
-        )
+    problem = label_problem(label)  # the rule config.load applies to usb.labels
+    if problem:
+        raise UsbagentError(f"usb.labels: {problem}")
     return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in label)
 
 

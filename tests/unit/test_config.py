@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from usbagent import config
+from usbagent import config, install
 from usbagent.config import ConfigError
+from usbagent.errors import UsbagentError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -70,7 +72,7 @@ def test_unknown_section_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("[archive]\nkeep_days = 0", "archive.keep_days: must be >= 1"),
+        ("[archive]\nkeep_days = 0", "archive.keep_days: must be between 1 and 36500"),
         ("[archive]\nkeep_days = true", "archive.keep_days: must be an integer"),
         (
             "[archive]\ncompression_level = 25",
@@ -129,3 +131,92 @@ def test_cli_prints_one_line_per_problem_and_fails(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2
     assert all(line.startswith(f"usbagent: config {path}: archive.") for line in lines)
+
+
+# --- the whole schema: values that load but make nothing (or a crash) happen later ----------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("[agent]\nstale_after_hours = nan", "agent.stale_after_hours: must be a positive number"),
+        ("[agent]\nstale_after_hours = inf", "agent.stale_after_hours: must be a positive number"),
+        ("[agent]\nstale_after_hours = -inf", "agent.stale_after_hours: must be a positive"),
+        ("[agent]\nstale_after_hours = 1e300", "agent.stale_after_hours: must be a positive"),
+        ("[agent]\nusb_stale_after_days = nan", "agent.usb_stale_after_days: must be a positive"),
+        ("[agent]\nusb_stale_after_days = 1e12", "agent.usb_stale_after_days: must be a positive"),
+        ("[archive]\nkeep_days = 9999999999", "archive.keep_days: must be between 1 and 36500"),
+        ('[usb]\ndirectory = "a\\u0000b"', "usb.directory: must be a single folder name"),
+        ('[usb]\ndirectory = "a:b"', "usb.directory: must be a single folder name a FAT"),
+        ('[usb]\ndirectory = "backups."', "usb.directory: must be a single folder name"),
+        ('[usb]\ndirectory = " backups"', "usb.directory: must be a single folder name"),
+        ('[usb]\ndirectory = "..."', "usb.directory: must be a single folder name"),
+        ('[usb]\ndirectory = "a\\tb"', "usb.directory: must be a single folder name"),
+        ('[usb]\ndirectory = "' + "x" * 256 + '"', "usb.directory: must be a single folder"),
+        ('[usb]\nlabels = ["my backup"]', "usb.labels: 'my backup' contains ' ', which udev"),
+        ('[usb]\nlabels = ["ok", "b\\u0000"]', "usb.labels: must not contain a NUL"),
+        ('[usb]\nuuids = ["1234-ABCD "]', "usb.uuids: '1234-abcd ' is not a filesystem UUID"),
+        ('[usb]\nuuids = ["my-stick"]', "usb.uuids: 'my-stick' is not a filesystem UUID"),
+        ('[archive]\ndestination = "/data/a\\u0000b"', "archive.destination: must not"),
+        ('[archive]\ndestination = "/data/$backups"', "archive.destination: '/data/$ba"),
+        ('[agent]\nstate_dir = "/var/lib/us\\"ba"', "agent.state_dir: '/var/lib/us\"ba': quotes"),
+        ('[archive]\nsources = ["/data\\u0000"]', "archive.sources: must not contain a NUL"),
+        ('[archive]\nrecipients_file = "/k\\u0000"', "archive.recipients_file: must not"),
+        ('[archive]\nexclude = ["*.tmp\\u0000"]', "archive.exclude: must not contain a NUL"),
+        ('[agent]\nmetrics_file = "/var/lib/node/usbagent.txt"', "agent.metrics_file: must end in"),
+    ],
+)  # fmt: skip
+def test_values_that_would_fail_later_are_refused_at_load(
+    tmp_path: Path, line: str, expected: str
+) -> None:
+    (problem,) = problems_of(tmp_path, line + "\n")
+    assert problem.startswith(expected), problem
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[agent]\nstale_after_hours = 0.5",
+        "[agent]\nusb_stale_after_days = 3650",
+        "[archive]\nkeep_days = 36500",
+        '[usb]\ndirectory = "usbagent backups"',
+        '[usb]\ndirectory = ".hidden"',
+        '[usb]\nlabels = ["SOVB", "sovereign-backup", "a.b:c=d@e#f+g_h"]',
+        '[usb]\nuuids = ["1234-ABCD", "0f3e5d1c-7d2e-4c4f-9a3b-1e2d3c4b5a69"]',
+        '[agent]\nmetrics_file = "/var/lib/node_exporter/textfile/usbagent.prom"',
+        '[archive]\ndestination = "/srv/my backups"',
+    ],
+)
+def test_sensible_values_still_load(tmp_path: Path, line: str) -> None:
+    config.load(write(tmp_path, line + "\n"))
+
+
+@pytest.mark.parametrize("label", ["my backup", "a|b", "x*", 'q"', "bäckup", "ok-label", "A.B"])
+def test_config_accepts_a_label_exactly_when_install_can_render_it(
+    tmp_path: Path, label: str
+) -> None:
+    """One rule in one place: config and install never disagree about a label."""
+    accepted_by_config = config.label_problem(label) is None
+    try:
+        install.label_glob(label)
+        rendered = True
+    except UsbagentError:
+        rendered = False
+    assert accepted_by_config == rendered
+    problems = [] if accepted_by_config else [f"usb.labels: {config.label_problem(label)}"]
+    try:
+        config.load(write(tmp_path, f"[usb]\nlabels = {json.dumps([label])}\n"))
+        assert not problems
+    except ConfigError as exc:
+        assert exc.problems == problems
+
+
+def test_cli_with_a_nan_threshold_names_the_key_instead_of_crashing(tmp_path: Path) -> None:
+    path = write(tmp_path, "[agent]\nstale_after_hours = nan\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "usbagent", "--config", str(path), "status"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 3
+    assert "ValueError" not in proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"usbagent UNKNOWN: config: {path}: agent.stale_after_hours:")
