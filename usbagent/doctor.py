@@ -192,14 +192,22 @@ def check_recipients(config: Config) -> Finding:
     name = "recipients file"
     fix = f"write one age1... or ssh-ed25519 public key per line to {path} (age-keygen -y KEY)"
     try:
-        from usbagent.recipients import load_recipients  # needs pyrage: see check_tools
+        from usbagent import recipients  # needs pyrage: see check_tools
     except ImportError as exc:
         return Finding(name, False, f"cannot be checked: {exc}", "pip install pyrage")
     try:
-        found = load_recipients(path)
+        found = recipients.read_recipients(path)
     except UsbagentError as exc:
         return Finding(name, False, str(exc), fix)
-    return Finding(name, True, f"{path} ({len(found)} recipient(s))")
+    if found.ignored:  # the job runs, as age would, but someone cannot decrypt the archives
+        return Finding(
+            name,
+            False,
+            recipients.describe_ignored(str(path), found.ignored[0])
+            + (f" (and {len(found.ignored) - 1} more)" if len(found.ignored) > 1 else ""),
+            "replace it with its owner's ssh-ed25519 or age1… public key",
+        )
+    return Finding(name, True, f"{path} ({len(found.keys)} recipient(s))")
 
 
 def check_identity(config: Config) -> Finding:

@@ -312,3 +312,19 @@ def test_permissions_and_immutability_are_told_apart_from_a_read_only_mount() ->
         assert list(folder.iterdir()) == []
     finally:
         folder.rmdir()
+
+
+def test_an_ssh_key_age_skips_runs_the_job_as_age_would_but_doctor_reports_it(
+    tmp_path: Path,
+) -> None:
+    s = make_setup(tmp_path)
+    key = tmp_path / "id_ecdsa"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(key)], check=True)
+    s.recipients.write_text(key.with_suffix(".pub").read_text() + s.recipients.read_text())
+    run = s.cli("archive")
+    assert run.returncode == 0, run.stderr
+    assert "line 1: ssh key of type ecdsa-sha2-nistp256 ignored" in run.stderr
+    assert status_of(s)["next-run"]["state"] == "OK"
+    (line,) = [x for x in s.cli("doctor").stdout.splitlines() if "recipients file:" in x]
+    assert line.startswith(f"PROBLEM  recipients file: recipients file {s.recipients}, line 1: ")
+    assert line.endswith("Fix: replace it with its owner's ssh-ed25519 or age1… public key")

@@ -10,10 +10,12 @@ import pytest
 
 from usbagent.errors import UsbagentError
 from usbagent.recipients import (
+    Ignored,
     load_identities,
     load_recipients,
     parse_identities,
     parse_recipients,
+    read_recipients,
 )
 
 
@@ -36,41 +38,56 @@ def test_every_supported_kind_with_comments_and_blank_lines(tmp_path: Path) -> N
     age_id = pyrage.x25519.Identity.generate()
     ed_pub, ed_key = ssh_key(tmp_path, "ed25519")
     rsa_pub, rsa_key = ssh_key(tmp_path, "rsa")
-    text = f"# backup keys\n\n{age_id.to_public()}\n  {ed_pub}  \n# laptop\n{rsa_pub}\n"
-    recipients = parse_recipients(text, "r.txt")
-    assert len(recipients) == 3
+    text = f"# backup keys\r\n\n{age_id.to_public()}\n{ed_pub}  \n# laptop (caf\xe9)\n{rsa_pub}\n"
+    found = parse_recipients(text.encode("latin-1"), "r.txt")
+    assert len(found.keys) == 3 and found.ignored == ()
     for identity in (age_id, *load_identities(ed_key), *load_identities(rsa_key)):
-        assert round_trips(recipients, [identity])
+        assert round_trips(list(found.keys), [identity])
 
 
 @pytest.mark.parametrize(
     ("bad", "says"),
     [
         ("age1notakey", "not a valid age X25519 recipient"),
-        ("ssh-ed25519 AAAAdamaged me@host", "not a valid ssh-ed25519 public key"),
+        ("ssh-ed25519 AAAAdamaged me@host", "not a valid ssh-ed25519 / ssh-rsa public key"),
         ("hello world", "expected an age key (age1…) or an ssh-ed25519 / ssh-rsa public key"),
+        ("{good} # laptop", "text after the age1… key, which age refuses: put comments on"),
+        ("\ufeff{good}", "starts with a byte-order mark, which age refuses: save the file"),
+        ("  {good}", "starts with whitespace, which age refuses: remove it"),
+        ("{good} ", "ends with whitespace, which age refuses: remove it"),
+        ("age1yubikey1qwt50d05nh5vutpdzmlg5wn80xq5negm4uj9ghv0snvdd3yysf5yw3rhl3t", "plugin"),
     ],
 )
 def test_bad_line_is_named_by_file_and_number(tmp_path: Path, bad: str, says: str) -> None:
     good = pyrage.x25519.Identity.generate().to_public()
     path = tmp_path / "recipients"
-    path.write_text(f"# header\n{good}\n\n{bad}\n{good}\n")
+    path.write_text(f"# header\n{good}\n\n{bad.format(good=good)}\n{good}\n")
     with pytest.raises(UsbagentError) as info:
         load_recipients(path)
     assert str(info.value).startswith(f"recipients file {path}, line 4: ")
     assert says in str(info.value)
 
 
-def test_unsupported_ssh_key_type_is_named(tmp_path: Path) -> None:
+def test_ssh_keys_age_cannot_use_are_skipped_with_a_warning_as_age_does(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ecdsa_pub, _ = ssh_key(tmp_path, "ecdsa")
-    with pytest.raises(UsbagentError, match=r"line 1: ssh key type ecdsa-sha2-nistp256 is not"):
-        parse_recipients(ecdsa_pub, "r")
+    with pytest.raises(UsbagentError, match=r"holds no recipient \(1 ssh key\(s\) of a type age"):
+        parse_recipients(ecdsa_pub.encode(), "r")
+    good = pyrage.x25519.Identity.generate().to_public()
+    path = tmp_path / "recipients"
+    path.write_text(f"{ecdsa_pub}\n{good}\n")
+    assert read_recipients(path).ignored == (Ignored(1, "ecdsa-sha2-nistp256"),)
+    assert len(load_recipients(path)) == 1
+    assert f"recipients file {path}, line 1: ssh key of type ecdsa-sha2-nistp256 ignored" in (
+        caplog.text
+    )
 
 
 def test_a_secret_key_in_the_recipients_file_is_refused_without_echoing_it() -> None:
     secret = str(pyrage.x25519.Identity.generate())
     with pytest.raises(UsbagentError) as info:
-        parse_recipients(f"{secret}\n", "r")
+        parse_recipients(f"{secret}\n".encode(), "r")
     assert "line 1: this is a secret key" in str(info.value)
     assert secret not in str(info.value)
 
@@ -92,7 +109,7 @@ def test_age_identity_file_as_age_keygen_writes_it(tmp_path: Path) -> None:
         ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
     ).stdout.strip()
     identities = load_identities(key)
-    assert round_trips(parse_recipients(public, "r"), identities)
+    assert round_trips(list(parse_recipients(public.encode(), "r").keys), identities)
 
 
 def test_identity_problems_never_echo_key_material(tmp_path: Path) -> None:
