@@ -144,7 +144,8 @@ def _journal(state_dir: Path) -> list[ArchiveRecord]:
             )
         except (KeyError, TypeError, ValueError):
             continue
-        out.append(record)
+        if _SHA256.match(record.sha256) and record.size >= 0:
+            out.append(record)
     return out
 
 
