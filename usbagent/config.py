@@ -355,6 +355,12 @@ def load(path: Path) -> Config:
         ) from None
     except PermissionError:
         raise ConfigError(path, ["not readable by this user (check its permissions)"]) from None
+    except IsADirectoryError:
+        raise ConfigError(path, ["is a folder; --config takes the config file itself"]) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot be read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"not UTF-8 text, as TOML must be: {exc.reason}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
     return parse(raw, path)

@@ -50,15 +50,19 @@ def usbagent(*args: str) -> subprocess.CompletedProcess[str]:
         (None, "no such file"),
         ("[archive\n", "not valid TOML"),
         ("[agent]\nstale_after_hours = -1\n", "agent.stale_after_hours: must be a positive"),
+        ("a folder", "is a folder; --config takes the config file itself"),
+        ("\udcff\udcfe", "not UTF-8 text, as TOML must be"),
     ],
-    ids=["missing", "not-toml", "bad-key"],
+    ids=["missing", "not-toml", "bad-key", "a-folder", "not-utf8"],
 )
 def test_broken_config_gives_the_unknown_line_and_a_json_document(
     tmp_path: Path, text: str | None, says: str
 ) -> None:
     path = tmp_path / "config.toml"
-    if text is not None:
-        path.write_text(text)
+    if text == "a folder":
+        path.mkdir()
+    elif text is not None:
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
     plain = usbagent("--config", str(path), "status")
     assert plain.returncode == 3
     first = plain.stdout.splitlines()[0]
