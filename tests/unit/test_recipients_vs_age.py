@@ -94,6 +94,9 @@ def samples(k: Keys) -> dict[str, bytes]:
         "vertical tab between keys": a + b"\x0b" + b + b"\n",
         "nul after key": a + b"\0\n",
         "uppercase key": k.age1.upper().encode() + b"\n",
+        "mixed-case key": a[:10] + a[10:11].upper() + a[11:] + b"\n",
+        "key with nbsp after": a + "\u00a0".encode() + b"\n",
+        "bare age1": b"age1\n",
         "bad checksum": a[:-1] + (b"q" if a[-1:] != b"q" else b"p") + b"\n",
         "secret key": str(pyrage.x25519.Identity.generate()).encode() + b"\n",
         "plugin recipient": b"age1yubikey1qwt50d05nh5vutpdzmlg5wn80xq5negm4uj9ghv0snvdd3yysf5yw3"
