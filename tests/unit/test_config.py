@@ -220,3 +220,20 @@ def test_cli_with_a_nan_threshold_names_the_key_instead_of_crashing(tmp_path: Pa
     assert proc.returncode == 3
     assert "ValueError" not in proc.stdout + proc.stderr
     assert proc.stdout.startswith(f"usbagent UNKNOWN: config: {path}: agent.stale_after_hours:")
+
+
+def test_a_label_install_would_refuse_stops_doctor_and_install_at_the_config(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, '[usb]\nlabels = ["my backup"]\n')
+    for command in (["doctor"], ["install", "--prefix", str(tmp_path / "root")]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "usbagent", "--config", str(path), *command],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == (
+            f"usbagent: config {path}: usb.labels: 'my backup' contains ' ', which udev "
+            "rewrites in device properties; use only letters, digits and - _ . : = @ # +"
+        )
+        assert not (tmp_path / "root").exists()
