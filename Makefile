@@ -10,11 +10,13 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(subst /,_,$(PYTHON))
 # Debian packages the tests and the demo use: the real device stack, filesystems,
 # and the standard tools archives must stay compatible with (prometheus: for promtool,
-# which validates the metrics textfile; dunst + xvfb: a real notification server;
-# openssh-client: ssh-keygen for ssh recipients; libarchive-tools: bsdtar, a real non-GNU
+# which validates the metrics textfile and unit-tests the alerting rules;
+# prometheus-node-exporter: a real textfile collector reading usbagent's file; dunst +
+# xvfb: a real notification server; openssh-client: ssh-keygen for ssh recipients; libarchive-tools: bsdtar, a real non-GNU
 # tar that archive preflight must refuse).
 APT_PACKAGES := udev udisks2 dbus policykit-1 parted util-linux kmod e2fsprogs xfsprogs \
-	btrfs-progs dosfstools exfatprogs age zstd pigz python3-venv prometheus dunst xvfb \
+	btrfs-progs dosfstools exfatprogs age zstd pigz python3-venv prometheus \
+	prometheus-node-exporter dunst xvfb \
 	openssh-client libarchive-tools
 
 .PHONY: deps system-deps demo test lint check bench clean stack-up stack-down stack-status

@@ -6,6 +6,13 @@ and a half-written file would be a scrape error (or worse, a silently missing se
 
 Timestamps are 0 when the event never happened: an alert on `time() - timestamp > X` then
 fires for a system that has never made an archive, which is exactly what it should do.
+The staleness thresholds `status` uses are exported too, so the shipped alerting rules
+(contrib/prometheus/usbagent.rules.yml) judge each host by its own configuration.
+
+`usbagent_errors_total` must be a real counter (Prometheus' `increase()` reads any drop as a
+reset): the history is trimmed, so counting its failures could fall or stand still while
+errors happen. The counts are therefore kept in the state dir (ERROR_COUNTS), incremented
+once per failed outcome and seeded from the history the first time.
 """
 
 from __future__ import annotations
@@ -24,23 +31,50 @@ from usbagent.fsutil import write_atomic
 log = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = typing.get_args(Kind)
+ERROR_COUNTS = "error-counts.json"  # in the state dir: failed outcomes ever recorded, by kind
 
 
 @dataclass(frozen=True)
 class MetricFacts:
     last_archive: Outcome | None  # newest successful archive outcome
     last_sync: Outcome | None  # newest successful stick sync
-    errors: tuple[tuple[str, int], ...]  # (kind, failed outcomes in history), every kind
+    errors: tuple[tuple[str, int], ...]  # (kind, failed outcomes ever recorded), every kind
+    archive_stale_after: float  # seconds, agent.stale_after_hours
+    sync_stale_after: float  # seconds, agent.usb_stale_after_days
 
 
-def gather(state_dir: Path) -> MetricFacts:
+def _stored_counts(state_dir: Path) -> dict[str, int] | None:
+    data = state.read_json(state_dir / ERROR_COUNTS)
+    if not isinstance(data, dict):
+        return None
+    return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def count_errors(state_dir: Path, history: list[Outcome], new: Outcome | None) -> dict[str, int]:
+    """The persisted counts, plus `new` if it failed; seeded from the history (which already
+    holds `new`) when there are none yet. Called under state.record's lock."""
+    counts = _stored_counts(state_dir)
+    if counts is None:
+        counts = dict(Counter(o.kind for o in history if not o.ok))
+    elif new is not None and not new.ok:
+        counts[new.kind] = counts.get(new.kind, 0) + 1
+    else:
+        return counts
+    state.write_json(state_dir / ERROR_COUNTS, counts)
+    return counts
+
+
+def gather(agent: AgentConfig, new: Outcome | None = None) -> MetricFacts:
     """Read the history (and the last-of-kind files, which outlive history trimming)."""
+    state_dir = agent.state_dir
     history = state.events(state_dir)
-    counts: Counter[str] = Counter(o.kind for o in history if not o.ok)
+    counts = count_errors(state_dir, history, new)
     return MetricFacts(
         last_archive=_newest_ok(history, state.last(state_dir, "archive"), "archive"),
         last_sync=_newest_ok(history, state.last(state_dir, "sync"), "sync"),
         errors=tuple((kind, counts.get(kind, 0)) for kind in KINDS),
+        archive_stale_after=float(agent.stale_after_hours * 3600),
+        sync_stale_after=float(agent.usb_stale_after_days * 86400),
     )
 
 
@@ -98,22 +132,35 @@ def render(facts: MetricFacts) -> str:
     family(
         "usbagent_errors_total",
         "counter",
-        "Failed outcomes in the recorded history (newest 1000 events), by kind.",
+        "Failed outcomes recorded since the state dir was created, by kind.",
         [(f'{{kind="{kind}"}}', float(n)) for kind, n in facts.errors],
+    )
+    family(
+        "usbagent_archive_stale_after_seconds",
+        "gauge",
+        "Age at which the newest archive counts as stale (agent.stale_after_hours).",
+        [("", facts.archive_stale_after)],
+    )
+    family(
+        "usbagent_stick_sync_stale_after_seconds",
+        "gauge",
+        "Age at which the newest stick copy counts as stale (agent.usb_stale_after_days).",
+        [("", facts.sync_stale_after)],
     )
     return "\n".join(out) + "\n"
 
 
-def write(agent: AgentConfig) -> None:
-    """Rewrite agent.metrics_file; a failure is logged, never raised into the outcome's producer.
+def write(agent: AgentConfig, new: Outcome | None = None) -> None:
+    """Rewrite agent.metrics_file after `new` was recorded; a failure is logged, never raised
+    into the outcome's producer.
 
     Metrics are a side channel: an unwritable textfile folder must not turn a good archive
     into a failed one (`usbagent doctor` reports the missing folder instead).
     """
     if agent.metrics_file is None:
         return
-    text = render(gather(agent.state_dir))
     try:
+        text = render(gather(agent, new))
         write_atomic(agent.metrics_file, text.encode())
     except OSError as exc:
         log.warning("cannot write metrics file %s: %s", agent.metrics_file, exc)

@@ -18,10 +18,14 @@ is accepted); a folder selects everything under it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from usbagent.config import Config
@@ -168,9 +172,29 @@ def report(result: Result, archive: Path, target: Path, wanted: tuple[str, ...])
     return 1 if result.failed or missing or result.stream_error else 0
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the file being written is removed (not left behind
+    as a temporary); a second signal is ignored so that the cleanup can finish."""
+    received: list[int] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if not received:
+            received.append(signum)
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(config: Config | None, args: Any) -> int:
     archive, target = Path(args.archive), Path(args.target)
     if not archive.is_file():
         raise UsbagentError(f"archive {archive} does not exist")
     wanted = tuple(dict.fromkeys(normalise(m) for m in args.members))
-    return report(restore(archive, Path(args.identity), target, wanted), archive, target, wanted)
+    with _sigterm_interrupts():
+        result = restore(archive, Path(args.identity), target, wanted)
+    return report(result, archive, target, wanted)

@@ -101,7 +101,7 @@ def record(agent: AgentConfig, outcome: Outcome) -> None:
         if agent.metrics_file is not None:
             from usbagent import metrics  # deferred: most callers never configure metrics
 
-            metrics.write(agent)
+            metrics.write(agent, outcome)
 
 
 @contextlib.contextmanager

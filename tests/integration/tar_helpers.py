@@ -12,6 +12,7 @@ import subprocess
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pyrage
 import zstandard
@@ -95,3 +96,40 @@ def failures(stderr: str) -> dict[str, str]:
             name, _, reason = line[len(prefix) :].partition(": ")
             out[ast.literal_eval(name)] = reason  # a Python repr, as restore prints it
     return out
+
+
+class Zeros(io.RawIOBase):
+    """`size` zero bytes, never all in memory."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def archive_with_a_large_file(folder: Path, identity: Path, name: str, size: int) -> Path:
+    """A tiny archive (zeros compress away) that restores to a `size`-byte file: restore is
+    busy writing it for long enough to be interrupted."""
+    compressed = io.BytesIO()
+    with (
+        zstandard.ZstdCompressor().stream_writer(compressed, closefd=False) as z,
+        tarfile.open(fileobj=z, mode="w|", format=tarfile.GNU_FORMAT) as tar,
+    ):
+        first, data = entry("first.txt")
+        first.size = len(data)
+        tar.addfile(first, io.BytesIO(data))
+        info = tarfile.TarInfo(name)
+        info.size = size
+        tar.addfile(info, io.BufferedReader(Zeros(size)))
+    (recipient,) = [i.to_public() for i in load_identities(identity)]
+    path = folder / f"{PREFIX}-20260102T000000Z.tar.zst.age"
+    path.write_bytes(pyrage.encrypt(compressed.getvalue(), [recipient]))
+    write_sidecar(path)
+    return path

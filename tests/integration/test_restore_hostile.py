@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import stat
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.integration.archive_helpers import new_identity, usbagent
+from tests.integration.archive_helpers import new_identity, usbagent, wait_for
 from tests.integration.tar_helpers import (
     Member,
+    archive_with_a_large_file,
     crafted_archive,
     entry,
     failures,
@@ -306,3 +310,20 @@ def test_verify_fails_an_archive_restore_would_not_restore_whole(
         f"FAILED  {archive}: checksum ok, but restore would refuse 2 of its 3 members: "
         "'../up.txt' ('..' in the path), 'pipe' (fifo)"
     ) in proc.stdout
+
+
+def test_sigterm_mid_file_leaves_no_file_behind(world: tuple[Path, Path, Path]) -> None:
+    """Killed while writing a file: neither it nor its temporary stays in the target."""
+    root, identity, target = world
+    archive = archive_with_a_large_file(root, identity, "big.bin", 4 * 1024**3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "usbagent", "restore", str(archive), "--identity", str(identity),
+         "--to", str(target)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(lambda: any(target.glob(".usbagent-restore-*")), 60, "the temporary file")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "usbagent restore: interrupted" in stderr
+    assert sorted(p.name for p in target.iterdir()) == ["first.txt"]

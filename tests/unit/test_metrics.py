@@ -83,3 +83,42 @@ def test_unwritable_metrics_folder_does_not_fail_the_outcome(
     state.record(agent, Outcome("archive", True, "ok", T1, {"size": 1}))
     assert state.last(agent.state_dir, "archive") is not None
     assert "cannot write metrics file" in caplog.text
+
+
+def test_errors_total_only_grows_when_the_history_is_trimmed(agent: AgentConfig) -> None:
+    """Prometheus reads any drop of a counter as a reset (and `increase()` then counts the
+    whole value again); a counter that stands still while errors happen hides them."""
+    assert agent.metrics_file is not None
+    for _ in range(3):
+        state.record(agent, Outcome("sync", False, "read-back mismatch", T1))
+    assert samples(agent.metrics_file)['usbagent_errors_total{kind="sync"}'] == 3
+    history = agent.state_dir / "events.jsonl"
+    history.write_text(history.read_text().splitlines(keepends=True)[-1])  # as trimming does
+    state.record(agent, Outcome("sync", False, "read-back mismatch", T2))
+    state.record(agent, Outcome("archive", True, "ok", T2))
+    got = samples(agent.metrics_file)
+    assert got['usbagent_errors_total{kind="sync"}'] == 4
+    assert got['usbagent_errors_total{kind="archive"}'] == 0
+    promtool_check(agent.metrics_file)
+
+
+def test_error_counts_start_from_the_history_and_thresholds_are_exported(
+    tmp_path: Path,
+) -> None:
+    """An install that turns metrics on later starts from what its history holds."""
+    plain = AgentConfig(state_dir=tmp_path / "state")
+    state.record(plain, Outcome("archive", False, "tar failed", T1))
+    state.record(plain, Outcome("refused", False, "ext2", T1))
+    agent = AgentConfig(
+        state_dir=plain.state_dir,
+        metrics_file=tmp_path / "usbagent.prom",
+        stale_after_hours=30,
+        usb_stale_after_days=2.5,
+    )
+    state.record(agent, Outcome("archive", False, "tar failed", T2))
+    assert agent.metrics_file is not None
+    got = samples(agent.metrics_file)
+    assert got['usbagent_errors_total{kind="archive"}'] == 2
+    assert got['usbagent_errors_total{kind="refused"}'] == 1
+    assert got["usbagent_archive_stale_after_seconds"] == 30 * 3600
+    assert got["usbagent_stick_sync_stale_after_seconds"] == 2.5 * 86400
