@@ -50,6 +50,7 @@ from usbagent.config import Config
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
 from usbagent.fsutil import atomic_writer, fsync_dir, write_atomic
+from usbagent.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -337,10 +338,6 @@ def _describe(exc: BaseException, signal_name: str | None) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _human(size: int) -> str:
-    return f"{size / 1024**2:.1f} MiB"
-
-
 def _failure_outcome(error: str, made: Made | None) -> Outcome:
     details: dict[str, Any] = {"error": error}
     if made is not None:  # the archive exists; only retention failed
@@ -362,7 +359,7 @@ def archive_now(config: Config) -> Outcome:
                 error = f"archive {made.name} written, but retention failed: {error}"
             _record(config, _failure_outcome(error, made))
             raise UsbagentError(error) from None
-    summary = f"archive {made.name} written ({_human(made.size)}, {made.duration:.1f} s)"
+    summary = f"archive {made.name} written ({human_bytes(made.size)}, {made.duration:.1f} s)"
     if pruned:
         summary += f", {len([n for n in pruned if naming.parse(n)])} old archive(s) pruned"
     if made.warnings:

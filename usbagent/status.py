@@ -26,6 +26,7 @@ from typing import Any
 from usbagent import ledger, naming, outbox, state, systemd
 from usbagent.config import Config, ConfigError
 from usbagent.events import Kind, Outcome
+from usbagent.units import human_bytes
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
 KINDS: tuple[Kind, ...] = typing.get_args(Kind)
@@ -248,13 +249,7 @@ def age(delta: timedelta) -> str:
     return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
-def size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+size = human_bytes  # the one byte formatter: status lines quote sync summaries
 
 
 def when(t: datetime | None) -> str:
