@@ -296,15 +296,37 @@ def make_archive(config: Config) -> Made:
     return Made(name.filename, final, size, digest, duration, warnings)
 
 
-def prune(config: Config, now: datetime) -> list[str]:
-    """Apply retention in the destination; returns the file names deleted."""
+def made_record(config: Config, made: str) -> retention.Record | None:
+    """The archives completed runs recorded in the state dir's history, plus `made`."""
+    try:
+        history = state.events(config.agent.state_dir)
+    except OSError as exc:
+        where = config.agent.state_dir
+        log.warning("cannot read the history in %s (%s): retention goes by names", where, exc)
+        return None
+    if not history:
+        return None
+    names = {o.details.get("archive") for o in history if o.kind == "archive"}
+    known = frozenset(n for n in {*names, made} if isinstance(n, str))
+    return retention.Record(known, since=history[0].time)
+
+
+def prune(config: Config, now: datetime, made: str) -> list[str]:
+    """Apply retention in the destination; returns the file names deleted.
+
+    Suspect archives (dated in the future, or unknown to the history) are left alone and
+    named in the log: they never count as the newest archive that retention keeps.
+    """
     destination = config.archive.destination
-    doomed = retention.plan(
-        [p.name for p in destination.iterdir()],
-        config.archive_prefix,
-        now,
-        config.archive.keep_days,
-    )
+    names = [p.name for p in destination.iterdir()]
+    record = made_record(config, made)
+    for name in retention.suspects(names, config.archive_prefix, now, record):
+        log.warning(
+            "%s: dated in the future or not made by a recorded run; retention leaves it alone "
+            "and does not count it as a backup (delete it if it is not one)",
+            destination / name,
+        )
+    doomed = retention.plan(names, config.archive_prefix, now, config.archive.keep_days, record)
     for filename in doomed:
         (destination / filename).unlink(missing_ok=True)
         log.info("retention: deleted %s", filename)
@@ -351,7 +373,7 @@ def archive_now(config: Config) -> Outcome:
     with _signals_raise() as interrupted:
         try:
             made = make_archive(config)
-            pruned = prune(config, datetime.now(UTC))
+            pruned = prune(config, datetime.now(UTC), made.name)
         except (Exception, KeyboardInterrupt) as exc:
             log.debug("archive failed", exc_info=True)
             error = _describe(exc, interrupted())
