@@ -304,11 +304,7 @@ def made_record(config: Config, made: str) -> retention.Record | None:
         where = config.agent.state_dir
         log.warning("cannot read the history in %s (%s): retention goes by names", where, exc)
         return None
-    if not history:
-        return None
-    names = {o.details.get("archive") for o in history if o.kind == "archive"}
-    known = frozenset(n for n in {*names, made} if isinstance(n, str))
-    return retention.Record(known, since=history[0].time)
+    return retention.record_from(history, (made,))
 
 
 def prune(config: Config, now: datetime, made: str) -> list[str]:

@@ -15,11 +15,12 @@ completed runs made, nothing else, so every rule is unit-tested:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from usbagent import naming
+from usbagent.events import Outcome
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,20 @@ class Record:
         return archive.filename in self.names or archive.created < self.since
 
 
+def record_from(history: Sequence[Outcome], also: Collection[str] = ()) -> Record | None:
+    """The Record a state dir's history (oldest first) gives, or None when it is empty.
+
+    Every archive outcome that names an archive counts, failed ones too (an archive whose
+    retention failed was still written by usbagent); `also`: archives made by this run,
+    recorded only after retention.
+    """
+    if not history:
+        return None
+    named = (o.details.get("archive") for o in history if o.kind == "archive")
+    names = frozenset(n for n in (*named, *also) if isinstance(n, str))
+    return Record(names, since=history[0].time)
+
+
 def _archives(present: set[str], prefix: str) -> dict[str, naming.ArchiveName]:
     return {
         parsed.filename: parsed
@@ -43,7 +58,7 @@ def _archives(present: set[str], prefix: str) -> dict[str, naming.ArchiveName]:
 
 
 def suspects(
-    filenames: Iterable[str], prefix: str, now: datetime, record: Record | None
+    filenames: Collection[str], prefix: str, now: datetime, record: Record | None
 ) -> list[str]:
     """Archives retention leaves alone and a person should look at, oldest first: dated in
     the future, or (with a record) never recorded as made by a completed run."""
@@ -55,7 +70,7 @@ def suspects(
 
 
 def plan(
-    filenames: Iterable[str],
+    filenames: Collection[str],
     prefix: str,
     now: datetime,
     keep_days: int,

@@ -122,3 +122,21 @@ def test_orphan_sidecars_of_unrecorded_archives_are_left_alone() -> None:
     files = [*with_sidecars(name(1)), mine.sidecar, theirs.sidecar]
     record = recorded(name(1), mine)
     assert retention.plan(files, P, NOW, keep_days=14, record=record) == [mine.sidecar]
+
+
+def test_the_record_comes_from_archive_outcomes_of_the_history() -> None:
+    from usbagent.events import Outcome
+
+    first = NOW - timedelta(days=40)
+    history = [
+        Outcome("sync", True, "synced", time=first),
+        Outcome("archive", True, "written", time=first, details={"archive": name(30).filename}),
+        Outcome("archive", False, "retention failed", details={"archive": name(20).filename}),
+        Outcome("archive", False, "tar failed", details={"error": "x"}),
+    ]
+    record = retention.record_from(history, also=(name(0).filename,))
+    assert record == retention.Record(
+        frozenset({name(30).filename, name(20).filename, name(0).filename}), since=first
+    )
+    assert record.knows(name(50)) and not record.knows(name(10))
+    assert retention.record_from([]) is None
