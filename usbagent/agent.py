@@ -1,10 +1,13 @@
 """`usbagent agent`: the asyncio hotplug daemon.
 
 Flow per stick: backend event -> `label_matches` (else ignored) -> `refusal_reason` from the
-facts (refused: recorded, published) -> "stick-recognised" -> mount (or reuse a mount) ->
-`sync.sync_mounted` in a worker thread -> sync -> unmount -> power off -> only then the
-outcome says "safe to remove". Everything that goes wrong is an Outcome that is recorded and
-published: a recognised stick never leaves without a record of whether it got a backup.
+facts (refused: recorded, published) -> mount (or reuse a mount) -> `sync.sync_mounted` in a
+worker thread, which announces "stick-recognised" once the stick passed every rule (so a
+refused stick is never first told to be copying) -> unmount -> power off -> only then the
+outcome says "safe to remove". A mount somebody else made is used and left as it was:
+no unmount, no power-off, and the outcome says so. Everything that goes wrong is an
+Outcome that is recorded and published: a recognised stick never leaves without a record
+of whether it got a backup.
 
 Concurrency decisions:
 - Several sticks are served concurrently, each in its own thread, so a stick that hangs in
@@ -37,11 +40,12 @@ from typing import Any, TypeVar
 
 from usbagent import backend as backends
 from usbagent import ledger, state, sync
-from usbagent.backend import Backend, DeviceError, DeviceEvent, EventQueue
+from usbagent.backend import Backend, DeviceError, DeviceEvent, EventQueue, Mount
 from usbagent.config import Config
 from usbagent.devices import Partition, describe, label_matches
 from usbagent.errors import UsbagentError
 from usbagent.events import EventBus, Outcome
+from usbagent.plan import SyncPlan
 from usbagent.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,13 @@ def idle_status(labels: tuple[str, ...], last_error: str | None) -> str:
 def progress_status(index: int, total: int, done: int, whole: int, name: str) -> str:
     pct = int(100 * done / whole) if whole else 0
     return f"copying {index} of {total}, {pct}% to {name}"
+
+
+def mount_record(state_dir: Path, uuid: str) -> Path | None:
+    """Where the agent notes a mount it made, so that after a crash and restart it still
+    knows that mount as its own (and unmounts it) instead of as somebody else's."""
+    plain = uuid.replace("-", "")
+    return state_dir / "mounts" / f"{uuid}.json" if plain.isalnum() and plain.isascii() else None
 
 
 def lag_summary(samples: list[float]) -> dict[str, float]:
@@ -128,6 +139,7 @@ class Job:
     pulled: bool = False  # the stick disappeared while being served
     lags: list[float] = field(default_factory=list)  # loop lag samples while it ran
     task: asyncio.Task[None] | None = None
+    recognised: asyncio.Task[None] | None = None  # publishing "stick-recognised"
 
 
 class Agent:
@@ -433,29 +445,58 @@ class Agent:
             refused = await asyncio.to_thread(sync.record_refusal, self.config, p, reason)
             await self._report(refused, record=False)
             return
-        await self._report(
-            Outcome(
-                kind="stick-recognised",
-                ok=True,
-                summary=f"{describe(p)} recognised; copying archives",
-                details=self._facts(p),
-            )
-        )
         job.status = f"mounting {describe(p)}"
         self._update_status()
         try:
-            mountpoint = await self.backend.mount(p)
+            mount = await self._mount(p)
         except (DeviceError, TimeoutError) as exc:
             await self._fail(p, f"mount failed: {exc}")
             return
-        outcome = await self._sync(job, mountpoint)
-        await self._finish(job, outcome)
+        outcome = await self._sync(job, mount.path)
+        await self._finish(job, outcome, mount)
+
+    async def _mount(self, p: Partition) -> Mount:
+        """Mount (or find the mount); a mount an earlier run of ours made is ours again."""
+        mount = await self.backend.mount(p)
+        record = mount_record(self.config.agent.state_dir, p.uuid)
+        if record is None:
+            return mount
+        facts = {"device": p.device, "mountpoint": str(mount.path)}
+        try:
+            if mount.ours:
+                await asyncio.to_thread(state.write_json, record, facts)
+            elif await asyncio.to_thread(state.read_json, record) == facts:
+                log.info("%s was mounted by an earlier usbagent run; unmounting it after", p.device)
+                mount = Mount(mount.path, ours=True)
+        except OSError as exc:  # the mount itself is fine; only a restart would misjudge it
+            log.error("cannot note the mount of %s in %s: %s", p.device, record, exc)
+        return mount
+
+    async def _unmount(self, p: Partition, mount: Mount) -> None:
+        await self.backend.unmount(p, mount)
+        if (record := mount_record(self.config.agent.state_dir, p.uuid)) is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(record.unlink, missing_ok=True)
+
+    def _recognised(self, job: Job, copies: int) -> None:
+        """The sync accepted the stick: now (not before) tell the person it is being used."""
+        what = f"copying {copies} archive(s)" if copies else "checking its copies"
+        outcome = Outcome(
+            kind="stick-recognised",
+            ok=True,
+            summary=f"{describe(job.partition)} recognised; {what}",
+            details=self._facts(job.partition),
+        )
+        job.recognised = self._spawn(self._report(outcome))
 
     async def _sync(self, job: Job, mountpoint: Path) -> Outcome | None:
         """Run the blocking sync in a thread; None when it crashed (already reported)."""
         loop = asyncio.get_running_loop()
         p = job.partition
         last_sent = 0.0
+
+        def accepted(plan: SyncPlan) -> None:  # runs in the sync thread
+            loop.call_soon_threadsafe(self._recognised, job, len(plan.copy))
 
         def progress(pr: Any) -> None:  # runs in the sync thread
             nonlocal last_sent
@@ -472,12 +513,17 @@ class Agent:
         started = time.monotonic()
         try:
             outcome: Outcome | None = await in_thread(
-                lambda: sync.sync_mounted(self.config, mountpoint, p, job.cancel, progress)
+                lambda: sync.sync_mounted(
+                    self.config, mountpoint, p, job.cancel, progress, accepted
+                )
             )
         except Exception as exc:
             log.exception("sync of %s crashed", describe(p))
             await self._fail(p, f"sync crashed: {exc}")
             outcome = None
+        if job.recognised is not None:  # published before the outcome that follows it
+            with contextlib.suppress(Exception):
+                await job.recognised
         lag = lag_summary(job.lags)
         log.info(
             "sync of %s took %.1f s; event loop lag meanwhile: max %.1f ms, p99 %.1f ms (%d)",
@@ -494,14 +540,18 @@ class Agent:
             job.status = line
             self._update_status()
 
-    async def _finish(self, job: Job, outcome: Outcome | None) -> None:
+    async def _finish(self, job: Job, outcome: Outcome | None, mount: Mount) -> None:
         """sync(2) -> unmount -> power off, then tell the person whether to pull the stick."""
         p = job.partition
+        if not mount.ours:
+            await in_thread(os.sync)
+            await self._leave_mounted(outcome, mount)
+            return
         job.status = f"unmounting {describe(p)}"
         self._update_status()
         await in_thread(os.sync)  # a daemon thread: a hung stick cannot block our exit
         try:
-            await self.backend.unmount(p)
+            await self._unmount(p, mount)
         except (DeviceError, TimeoutError) as exc:
             if job.pulled:  # nothing left to unmount cleanly; say what the sync said
                 if outcome is not None:
@@ -533,6 +583,20 @@ class Agent:
                 outcome, summary=f"{outcome.summary} (the stick was removed during the copy)"
             )
         await self._report(outcome, record=False)  # sync_mounted recorded it already
+
+    async def _leave_mounted(self, outcome: Outcome | None, mount: Mount) -> None:
+        """Somebody else's mount stays as it was; the person must unmount before pulling."""
+        if outcome is None:
+            return
+        if outcome.ok:
+            summary = outcome.summary.removesuffix(SYNC_TAIL).removesuffix("; ")
+            outcome = dataclasses.replace(
+                outcome,
+                summary=f"{summary}; left mounted at {mount.path} as it was found (usbagent "
+                "did not mount it): unmount it before removing the stick",
+                details={**outcome.details, "unmounted": False, "powered_off": False},
+            )
+        await self._report(outcome, record=False)
 
 
 # --- command --------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from usbagent.config import Config
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
 from usbagent.fsutil import atomic_writer, fsync_dir, write_atomic
+from usbagent.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -295,15 +296,33 @@ def make_archive(config: Config) -> Made:
     return Made(name.filename, final, size, digest, duration, warnings)
 
 
-def prune(config: Config, now: datetime) -> list[str]:
-    """Apply retention in the destination; returns the file names deleted."""
+def made_record(config: Config, made: str) -> retention.Record | None:
+    """The archives completed runs recorded in the state dir's history, plus `made`."""
+    try:
+        history = state.events(config.agent.state_dir)
+    except OSError as exc:
+        where = config.agent.state_dir
+        log.warning("cannot read the history in %s (%s): retention goes by names", where, exc)
+        return None
+    return retention.record_from(history, (made,))
+
+
+def prune(config: Config, now: datetime, made: str) -> list[str]:
+    """Apply retention in the destination; returns the file names deleted.
+
+    Suspect archives (dated in the future, or unknown to the history) are left alone and
+    named in the log: they never count as the newest archive that retention keeps.
+    """
     destination = config.archive.destination
-    doomed = retention.plan(
-        [p.name for p in destination.iterdir()],
-        config.archive_prefix,
-        now,
-        config.archive.keep_days,
-    )
+    names = [p.name for p in destination.iterdir()]
+    record = made_record(config, made)
+    for name in retention.suspects(names, config.archive_prefix, now, record):
+        log.warning(
+            "%s: dated in the future or not made by a recorded run; retention leaves it alone "
+            "and does not count it as a backup (delete it if it is not one)",
+            destination / name,
+        )
+    doomed = retention.plan(names, config.archive_prefix, now, config.archive.keep_days, record)
     for filename in doomed:
         (destination / filename).unlink(missing_ok=True)
         log.info("retention: deleted %s", filename)
@@ -337,10 +356,6 @@ def _describe(exc: BaseException, signal_name: str | None) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _human(size: int) -> str:
-    return f"{size / 1024**2:.1f} MiB"
-
-
 def _failure_outcome(error: str, made: Made | None) -> Outcome:
     details: dict[str, Any] = {"error": error}
     if made is not None:  # the archive exists; only retention failed
@@ -354,7 +369,7 @@ def archive_now(config: Config) -> Outcome:
     with _signals_raise() as interrupted:
         try:
             made = make_archive(config)
-            pruned = prune(config, datetime.now(UTC))
+            pruned = prune(config, datetime.now(UTC), made.name)
         except (Exception, KeyboardInterrupt) as exc:
             log.debug("archive failed", exc_info=True)
             error = _describe(exc, interrupted())
@@ -362,7 +377,7 @@ def archive_now(config: Config) -> Outcome:
                 error = f"archive {made.name} written, but retention failed: {error}"
             _record(config, _failure_outcome(error, made))
             raise UsbagentError(error) from None
-    summary = f"archive {made.name} written ({_human(made.size)}, {made.duration:.1f} s)"
+    summary = f"archive {made.name} written ({human_bytes(made.size)}, {made.duration:.1f} s)"
     if pruned:
         summary += f", {len([n for n in pruned if naming.parse(n)])} old archive(s) pruned"
     if made.warnings:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -29,6 +30,18 @@ class DeviceError(UsbagentError):
     """A mount, unmount or power-off failed; the message says which device and why."""
 
 
+@dataclass(frozen=True)
+class Mount:
+    """Where a stick is mounted, and whether we mounted it.
+
+    A mount somebody else made (a person, their desktop) is used where it is and left as it
+    was found: unmounting it would pull the stick out from under them.
+    """
+
+    path: Path
+    ours: bool
+
+
 class Backend(Protocol):
     name: str
 
@@ -42,10 +55,11 @@ class Backend(Protocol):
     def alive(self) -> bool:
         """True while events can still arrive (bus connected / monitor socket open)."""
 
-    async def mount(self, partition: Partition) -> Path:
-        """Mount with nosuid,nodev,noexec, or return the existing mount point."""
+    async def mount(self, partition: Partition) -> Mount:
+        """Mount with nosuid,nodev,noexec, or use the existing mount (then `ours` is False)."""
 
-    async def unmount(self, partition: Partition) -> None: ...
+    async def unmount(self, partition: Partition, mount: Mount) -> None:
+        """Undo `mount` if it is ours; a mount we did not make is left alone."""
 
     async def power_off(self, partition: Partition) -> bool:
         """Power the drive off; False (with a log line saying why) when not possible."""

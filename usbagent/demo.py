@@ -29,6 +29,7 @@ from usbagent import archive, restore, verify
 from usbagent.config import Config, load
 from usbagent.errors import UsbagentError
 from usbagent.recipients import load_identities
+from usbagent.units import human_bytes
 
 PREFIX = "demo"
 WORDS = ("backup", "archive", "stick", "encrypted", "nightly", "restore", "verify", "data", "key")
@@ -72,10 +73,6 @@ class Step:
     action: Callable[[Demo], str]
 
 
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:.2f} MiB"
-
-
 def make_key(demo: Demo) -> str:
     identity = pyrage.x25519.Identity.generate()
     public = str(identity.to_public())
@@ -103,7 +100,7 @@ def make_sample_data(demo: Demo) -> str:
     (demo.data / "scratch.tmp").write_text("excluded by archive.exclude\n")
     count, size = count + 1, size + len(blob)
     demo.facts["files"] = count
-    return f"{count} files ({_mib(size)}) and a symlink in {demo.data}, plus scratch.tmp"
+    return f"{count} files ({human_bytes(size)}) and a symlink in {demo.data}, plus scratch.tmp"
 
 
 def write_config(demo: Demo) -> str:
@@ -135,7 +132,7 @@ def make_archive(demo: Demo) -> str:
     outcome = archive.archive_now(cfg)
     demo.archive = cfg.archive.destination / outcome.details["archive"]
     return (
-        f"{demo.archive.name}: {_mib(outcome.details['size'])} encrypted, "
+        f"{demo.archive.name}: {human_bytes(outcome.details['size'])} encrypted, "
         f"sidecar {demo.archive.name}.sha256, outcome recorded in {cfg.agent.state_dir}"
     )
 
@@ -153,7 +150,7 @@ def restore_archive(demo: Demo) -> str:
         raise UsbagentError(f"restore: {result.stream_error}")
     if result.listed:
         raise UsbagentError(f"restore failed for {result.listed[0][0]}: {result.listed[0][1]}")
-    return f"{result.restored} members ({_mib(result.size)}) into {demo.restored}"
+    return f"{result.restored} members ({human_bytes(result.size)}) into {demo.restored}"
 
 
 def compare(demo: Demo) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 SUFFIX = ".tar.zst.age"
 SIDECAR = ".sha256"
@@ -50,6 +50,21 @@ def parse(filename: str, prefix: str | None = None) -> ArchiveName | None:
     except ValueError:  # looks like a stamp but is no date (month 13): not one of ours
         return None
     return ArchiveName(created=created, prefix=m["prefix"])
+
+
+# How far an archive's name may be ahead of the clock before it is suspect: a clock set
+# right by NTP shortly after an archive was made must not make that archive suspect.
+FUTURE_SLACK = timedelta(hours=1)
+
+
+def in_future(filename: str, now: datetime) -> bool:
+    """Is this archive name dated later than the clock allows? (False for other names.)
+
+    A future-dated name is never one usbagent just made; counted as the newest archive, it
+    would push every real one out of retention and off the sticks.
+    """
+    parsed = parse(filename)
+    return parsed is not None and parsed.created > now + FUTURE_SLACK
 
 
 def is_partial(filename: str) -> bool:

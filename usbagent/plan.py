@@ -17,20 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
 from usbagent import naming
+from usbagent.naming import in_future
 
 # Room kept back per file copied: the sidecar, block rounding and directory growth. Small
 # next to any archive, but enough that a plan that "just fits" does not end in ENOSPC.
 MARGIN_PER_FILE = 64 * 1024
 MARGIN_FIXED = 1024 * 1024
-
-
-# How far an archive's name may be ahead of the clock before it is suspect: a clock set
-# right by NTP shortly after an archive was made must not make that archive suspect.
-FUTURE_SLACK = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -122,12 +118,6 @@ def margin(files: int) -> int:
 def _newest_first(names: Collection[str], prefix: str) -> list[str]:
     parsed = [(naming.parse(n, prefix), n) for n in names]
     return [n for a, n in sorted(((a, n) for a, n in parsed if a), reverse=True)]
-
-
-def in_future(name: str, now: datetime) -> bool:
-    """Is this archive name dated later than the clock allows? (False for non-archive names.)"""
-    parsed = naming.parse(name)
-    return parsed is not None and parsed.created > now + FUTURE_SLACK
 
 
 def survey(

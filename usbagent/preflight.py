@@ -28,6 +28,7 @@ from usbagent.config import Config
 from usbagent.errors import UsbagentError
 from usbagent.fsutil import unwritable
 from usbagent.recipients import Recipient, load_recipients
+from usbagent.units import human_bytes
 
 GROWTH = 1.25  # room for the next archive, relative to the newest one
 FIRST_RUN_FRACTION = 0.5  # room relative to the sources' size when there is no archive yet
@@ -175,10 +176,6 @@ def check_space(config: Config, partials: list[Path], walk_sources: bool = True)
     if free < need:
         basis = "1.25 x the newest archive" if newest is not None else "half the sources' size"
         raise UsbagentError(
-            f"destination {destination} has {_mib(free)} free, the next archive needs about "
-            f"{_mib(need)} ({basis}); free some space or move archive.destination"
+            f"destination {destination} has {human_bytes(free)} free, the next archive needs about "
+            f"{human_bytes(need)} ({basis}); free some space or move archive.destination"
         )
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:.0f} MiB"

@@ -34,6 +34,7 @@ from usbagent.errors import UsbagentError
 from usbagent.extract import Extractor, Refused
 from usbagent.recipients import Identity, load_identities
 from usbagent.tarsafety import Entry, classify
+from usbagent.units import human_bytes
 
 MAX_LISTED = 50  # failed members printed one by one; the rest are counted
 
@@ -147,7 +148,7 @@ def restore(archive: Path, identity: Path, target: Path, wanted: tuple[str, ...]
 def report(result: Result, archive: Path, target: Path, wanted: tuple[str, ...]) -> int:
     """Print the outcome (stdout: what was restored; stderr: each failure) and the exit status."""
     print(
-        f"restored {result.restored} members ({result.size / 1024**2:.1f} MiB) "
+        f"restored {result.restored} members ({human_bytes(result.size)}) "
         f"from {archive.name} into {target}"
     )
     for name, reason in result.listed:

@@ -1,49 +1,110 @@
 """Retention in the archive destination: which files to delete, decided from names alone.
 
-Pure: it sees file names and the clock, nothing else, so every rule is unit-tested:
+Pure: it sees file names, the clock and (when there is one) the record of the archives
+completed runs made, nothing else, so every rule is unit-tested:
 - only names `naming.parse` recognises with our prefix are candidates (another host's
   archives in a shared folder, and anything a person put there, are never touched);
 - an archive older than `keep_days` goes, with its `.sha256` sidecar;
 - the newest archive is always kept, and so is the newest one that has its sidecar (the
   newest *complete* one), however old: a stopped timer must not end with an empty folder;
+- "newest" means the newest *real* one: an archive dated in the future, or one the record
+  does not know, is suspect. It is never deleted and never protects itself in place of a
+  real one (else one junk file dated 2099 would let every real archive age out);
 - a sidecar whose archive is gone is removed with the same age rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from usbagent import naming
+from usbagent.events import Outcome
 
 
-def plan(filenames: Iterable[str], prefix: str, now: datetime, keep_days: int) -> list[str]:
+@dataclass(frozen=True)
+class Record:
+    """The archives completed runs recorded, and since when that (bounded) history reaches:
+    an archive older than the history is judged by its name alone, as it cannot be in it."""
+
+    names: frozenset[str]
+    since: datetime
+
+    def knows(self, archive: naming.ArchiveName) -> bool:
+        return archive.filename in self.names or archive.created < self.since
+
+
+def record_from(history: Sequence[Outcome], also: Collection[str] = ()) -> Record | None:
+    """The Record a state dir's history (oldest first) gives, or None when it is empty.
+
+    Every archive outcome that names an archive counts, failed ones too (an archive whose
+    retention failed was still written by usbagent); `also`: archives made by this run,
+    recorded only after retention.
+    """
+    if not history:
+        return None
+    named = (o.details.get("archive") for o in history if o.kind == "archive")
+    names = frozenset(n for n in (*named, *also) if isinstance(n, str))
+    return Record(names, since=history[0].time)
+
+
+def _archives(present: set[str], prefix: str) -> dict[str, naming.ArchiveName]:
+    return {
+        parsed.filename: parsed
+        for parsed in (naming.parse(n, prefix) for n in present)
+        if parsed is not None
+    }
+
+
+def suspects(
+    filenames: Collection[str], prefix: str, now: datetime, record: Record | None
+) -> list[str]:
+    """Archives retention leaves alone and a person should look at, oldest first: dated in
+    the future, or (with a record) never recorded as made by a completed run."""
+    return [
+        a.filename
+        for a in sorted(_archives(set(filenames), prefix).values())
+        if naming.in_future(a.filename, now) or (record is not None and not record.knows(a))
+    ]
+
+
+def plan(
+    filenames: Collection[str],
+    prefix: str,
+    now: datetime,
+    keep_days: int,
+    record: Record | None = None,
+) -> list[str]:
     """File names to delete, each archive before its sidecar.
+
+    `record`: the archives completed runs recorded (None: no record to go by, then names
+    alone decide, but still never a future-dated one).
 
     Archive first: a crash between the two unlinks leaves an orphan sidecar (removed next
     time), never an archive without its checksum.
     """
     present = set(filenames)
-    archives = {
-        parsed.filename: parsed
-        for parsed in (naming.parse(n, prefix) for n in present)
-        if parsed is not None
-    }
+    archives = _archives(present, prefix)
+    suspect = set(suspects(present, prefix, now, record))
+    real = {n: a for n, a in archives.items() if n not in suspect}
     orphans = {
         parsed.filename: parsed
         for parsed in (naming.parse(n.removesuffix(naming.SIDECAR), prefix) for n in present)
-        if parsed is not None and parsed.filename not in archives
+        if parsed is not None
+        and parsed.filename not in archives
+        and (record is None or record.knows(parsed))
     }
     protected = set()
-    if archives:
-        protected.add(max(archives.values()).filename)
-    complete = [a for a in archives.values() if a.sidecar in present]
+    if real:
+        protected.add(max(real.values()).filename)
+    complete = [a for a in real.values() if a.sidecar in present]
     if complete:
         protected.add(max(complete).filename)
     cutoff = now - timedelta(days=keep_days)
     doomed = sorted(
         a
-        for a in [*archives.values(), *orphans.values()]
+        for a in [*real.values(), *orphans.values()]
         if a.created < cutoff and a.filename not in protected
     )
     out: list[str] = []

@@ -38,6 +38,7 @@ from usbagent import ledger, naming, outbox, state, systemd
 from usbagent.config import Config, ConfigError
 from usbagent.errors import UsbagentError
 from usbagent.events import Kind, Outcome
+from usbagent.units import human_bytes
 from usbagent.verify import parse_sidecar
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
@@ -309,13 +310,7 @@ def age(delta: timedelta) -> str:
     return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
-def size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+size = human_bytes  # the one byte formatter: status lines quote sync summaries
 
 
 def when(t: datetime | None) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from usbagent import ledger, mounts, naming, state
+from usbagent import ledger, mounts, naming, retention, state
 from usbagent.config import Config
 from usbagent.copier import (
     CHUNK,
@@ -131,6 +131,20 @@ class CorruptLocal:
     expected: str  # what its sidecar says
 
 
+def unrecorded(config: Config, local: list[LocalArchive]) -> tuple[str, ...]:
+    """Local archives no completed `usbagent archive` run recorded (where the state dir's
+    history reaches): a file the host did not make is never copied as if it were a backup."""
+    try:
+        record = retention.record_from(state.events(config.agent.state_dir))
+    except OSError as exc:
+        log.warning("cannot read the history in %s: %s", config.agent.state_dir, exc)
+        return ()
+    if record is None:
+        return ()
+    parsed = ((a.name, naming.parse(a.name)) for a in local)
+    return tuple(n for n, p in parsed if p is not None and not record.knows(p))
+
+
 def local_sha256(path: Path, cancel: threading.Event) -> str:
     """sha256 of a local archive as it is now, read once (the copy then mostly hits cache)."""
     h = hashlib.sha256()
@@ -166,6 +180,7 @@ class _Run:
     planned: int = 0
     free_bytes: int | None = None
     future: tuple[str, ...] = ()  # local archives not copied: dated in the future
+    unrecorded: tuple[str, ...] = ()  # local archives not copied: no run recorded making them
     corrupt_local: list[CorruptLocal] = field(default_factory=list)
 
     def holds(self) -> tuple[StickFile, ...] | None:
@@ -190,6 +205,7 @@ class _Run:
             "corrupt": list(audit.corrupt) if audit else [],
             "foreign": [{"name": f.name, "why": f.why} for f in audit.foreign] if audit else [],
             "future": list(self.future),
+            "unrecorded": list(self.unrecorded),
             "corrupt_local": [str(c.path) for c in self.corrupt_local],
             "pruned": list(self.pruned),
             "free_bytes": self.free_bytes,
@@ -273,6 +289,7 @@ def _sync(
         return _refused(run, reason)
     prefix = config.archive_prefix
     local = local_archives(config)
+    run.unrecorded = unrecorded(config, local)
     record = ledger.load(config.agent.state_dir, run.uuid) if run.uuid else None
     now = datetime.now(UTC)
     with StickFolder(mountpoint, config.usb.directory, prefix) as folder:
@@ -306,6 +323,7 @@ def _plan(
     assert run.audit is not None and run.free_bytes is not None
     names = {a.name for a in local}
     exclude = {f.name for f in run.audit.foreign if f.why == "differs" and f.name in names}
+    exclude.update(run.unrecorded)
     checked: set[str] = set()
     while True:
         plan = plan_sync(
@@ -426,6 +444,13 @@ def _problem(run: _Run, config: Config, have_local: bool) -> str | None:
         )
     if not have_local:
         return f"no archives in {config.archive.destination} to copy (has `usbagent archive` run?)"
+    if not run.holds():
+        skipped = ", ".join((*run.future, *run.unrecorded))
+        return (
+            f"the stick holds no verified copy: no archive in {config.archive.destination} "
+            f"could be copied ({skipped or 'see the log'}: dated in the future or not made "
+            "by a recorded `usbagent archive` run)"
+        )
     return None
 
 
@@ -444,6 +469,12 @@ def _finished(run: _Run, config: Config, have_local: bool) -> Outcome:
     if run.future:
         notes.append(
             f"not copied, dated in the future: {', '.join(run.future)} (is the clock right?)"
+        )
+    if run.unrecorded:
+        notes.append(
+            f"not copied, no `usbagent archive` run recorded making them: "
+            f"{', '.join(run.unrecorded)} (delete them from {config.archive.destination} if "
+            "they are not yours)"
         )
     if audit.foreign:
         notes.append(_foreign_note(audit.foreign))

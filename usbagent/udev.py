@@ -23,7 +23,7 @@ from pathlib import Path
 import pyudev
 
 from usbagent import mounts
-from usbagent.backend import DeviceError, EventQueue, emit
+from usbagent.backend import DeviceError, EventQueue, Mount, emit
 from usbagent.devices import Partition
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,6 @@ class UdevBackend:
         self._monitor: pyudev.Monitor | None = None
         self._queue: EventQueue | None = None
         self._known: dict[str, Partition] = {}
-        self._ours: dict[str, Path] = {}  # key -> mount point we created (removed on unmount)
 
     async def start(self, queue: EventQueue) -> None:
         self._queue = queue
@@ -178,14 +177,21 @@ class UdevBackend:
         st = Path(partition.device).stat()
         return _read_mounts().get((os.major(st.st_rdev), os.minor(st.st_rdev)), ())
 
-    async def mount(self, partition: Partition) -> Path:
+    async def mount(self, partition: Partition) -> Mount:
         try:
             existing = self._current_mounts(partition)
         except OSError as exc:
             raise DeviceError(f"{partition.device} is gone ({exc.strerror})") from exc
+        for point in existing:  # our own mount points are ours by where they are
+            if Path(point).parent == self._mount_base:
+                return Mount(Path(point), ours=True)
         if existing:
-            log.info("%s already mounted at %s; using that", partition.device, existing[0])
-            return Path(existing[0])
+            log.info(
+                "%s already mounted at %s; using that and leaving it mounted",
+                partition.device,
+                existing[0],
+            )
+            return Mount(Path(existing[0]), ours=False)
         target = self._mount_base / mount_name(partition)
         self._mount_base.mkdir(mode=0o700, parents=True, exist_ok=True)
         target.mkdir(mode=0o700, exist_ok=True)
@@ -196,21 +202,22 @@ class UdevBackend:
             with contextlib.suppress(OSError):
                 target.rmdir()
             raise
-        self._ours[partition.key] = target
-        return target
+        return Mount(target, ours=True)
 
-    async def unmount(self, partition: Partition) -> None:
-        target = self._ours.get(partition.key)
+    async def unmount(self, partition: Partition, mount: Mount) -> None:
+        """Unmount our own mount point only; other mounts of the device are not ours."""
+        if not mount.ours:
+            return
+        target = mount.path
         try:
-            mounted = self._current_mounts(partition)
-        except OSError:  # device node gone (stick pulled): only our own mount can be left
-            if target is not None and target.is_mount():
-                await _run("umount", "--lazy", str(target))  # the kernel keeps it otherwise
-            mounted = ()
-        for point in mounted:
-            await _run("umount", point)
-        self._ours.pop(partition.key, None)
-        if target is not None:
+            mounted = str(target) in self._current_mounts(partition)
+        except OSError:  # device node gone (stick pulled): the kernel keeps the mount otherwise
+            if target.is_mount():
+                await _run("umount", "--lazy", str(target))
+            mounted = False
+        if mounted:
+            await _run("umount", str(target))
+        if target.parent == self._mount_base:
             with contextlib.suppress(OSError):
                 target.rmdir()
 

@@ -24,7 +24,7 @@ from dbus_next.constants import BusType, MessageType
 from dbus_next.message import Message
 from dbus_next.signature import Variant
 
-from usbagent.backend import UDISKS_NAME, DeviceError, EventQueue, emit
+from usbagent.backend import UDISKS_NAME, DeviceError, EventQueue, Mount, emit
 from usbagent.devices import Partition
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ class UDisksBackend:
         self._snapshot_serial = 0
         self._owner_present = False
         self._resnapshot: asyncio.Task[None] | None = None
+        self._ours: set[str] = set()  # object paths we mounted (only these we unmount)
 
     # --- events -------------------------------------------------------------------------
 
@@ -265,24 +266,33 @@ class UDisksBackend:
         fs = self._objects.get(key, {}).get(FILESYSTEM, {})
         return [_text(m) for m in fs.get("MountPoints", [])]
 
-    async def mount(self, partition: Partition) -> Path:
+    async def mount(self, partition: Partition) -> Mount:
         assert self._bus is not None
         if existing := self._mountpoints(partition.key):
-            log.info("%s already mounted at %s; using that", partition.device, existing[0])
-            return Path(existing[0])
+            ours = partition.key in self._ours
+            if not ours:
+                log.info(
+                    "%s already mounted at %s; using that and leaving it mounted",
+                    partition.device,
+                    existing[0],
+                )
+            return Mount(Path(existing[0]), ours)
         options = {
             "options": Variant("s", MOUNT_OPTIONS),
             "auth.no_user_interaction": Variant("b", True),
         }
         reply = await _call(self._bus, self._method(partition.key, FILESYSTEM, "Mount", options))
-        return Path(reply.body[0])
+        self._ours.add(partition.key)
+        return Mount(Path(reply.body[0]), ours=True)
 
-    async def unmount(self, partition: Partition) -> None:
+    async def unmount(self, partition: Partition, mount: Mount) -> None:
         assert self._bus is not None
-        if not self._mountpoints(partition.key):
+        if not mount.ours:
             return
-        options = {"auth.no_user_interaction": Variant("b", True)}
-        await _call(self._bus, self._method(partition.key, FILESYSTEM, "Unmount", options))
+        if str(mount.path) in self._mountpoints(partition.key):
+            options = {"auth.no_user_interaction": Variant("b", True)}
+            await _call(self._bus, self._method(partition.key, FILESYSTEM, "Unmount", options))
+        self._ours.discard(partition.key)
 
     async def power_off(self, partition: Partition) -> bool:
         assert self._bus is not None

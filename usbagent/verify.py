@@ -22,6 +22,7 @@ from usbagent.decrypt import members, open_tar
 from usbagent.errors import UsbagentError
 from usbagent.recipients import Identity, load_identities
 from usbagent.tarsafety import classify
+from usbagent.units import human_bytes
 
 MAX_NAMED = 5  # refused members named in one verify line
 _SIDECAR_LINE = re.compile(r"^(?P<hex>[0-9a-fA-F]{64}) [ *](?P<name>.+)$")
@@ -110,7 +111,7 @@ def read_through(archive: Path, identities: list[Identity]) -> str:
         raise UsbagentError(
             f"restore would refuse {refused} of its {count} members: {', '.join(named)}{more}"
         )
-    return f"decrypted and read {count} members, {size / 1024**2:.1f} MiB"
+    return f"decrypted and read {count} members, {human_bytes(size)}"
 
 
 def check(archive: Path, identities: list[Identity] | None) -> Checked:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.stack import MakeStick, PartSpec, Stick
 from tests.stack.sticks import mountpoints_of
-from usbagent.backend import Action, Backend, EventQueue
+from usbagent.backend import Action, Backend, EventQueue, Mount
 from usbagent.devices import Partition
 
 TIMEOUT = 15.0
@@ -98,14 +98,16 @@ def mount_and_unmount(
         await backend.start(queue)
         try:
             p = await next_event(queue, stick.device(0), "added")
-            target = await backend.mount(p)
-            assert target == expected(p)
+            mounted = await backend.mount(p)
+            target = mounted.path
+            assert mounted.ours and target == expected(p)
             assert mountpoints_of(stick.partitions) == [target]
             options = _tool("findmnt", "-n", "-o", "OPTIONS", str(target)).split(",")
             assert {"nosuid", "nodev", "noexec"} <= set(options)
-            assert await backend.mount(p) == target  # already mounted: reused, not mounted twice
+            again = await backend.mount(p)  # already mounted by us: reused, not mounted twice
+            assert again == Mount(target, ours=True)
             assert mountpoints_of(stick.partitions) == [target]
-            await backend.unmount(p)
+            await backend.unmount(p, again)
             assert mountpoints_of(stick.partitions) == []
             assert not target.exists()  # the mount point made for us is gone too
             assert await backend.power_off(p) is False  # loop devices have no drive to power off
@@ -115,10 +117,12 @@ def mount_and_unmount(
     asyncio.run(run())
 
 
-def reuses_a_foreign_mount(make: Callable[[], Backend], make_stick: MakeStick, label: str) -> None:
-    """A stick somebody mounted already is used where it is, and unmounted after."""
+def reuses_a_foreign_mount(
+    make: Callable[[], Backend], make_stick: MakeStick, label: str, options: str
+) -> None:
+    """A stick somebody mounted already is used where it is, and left as it was found."""
     stick = make_stick(PartSpec(label=label))
-    theirs = stick.mount()
+    theirs = stick.mount(options=options)
 
     async def run() -> None:
         backend = make()
@@ -126,9 +130,12 @@ def reuses_a_foreign_mount(make: Callable[[], Backend], make_stick: MakeStick, l
         await backend.start(queue)
         try:
             p = await next_event(queue, stick.device(0), "added")
-            assert await backend.mount(p) == theirs
-            await backend.unmount(p)
-            assert mountpoints_of(stick.partitions) == []
+            mount = await backend.mount(p)
+            assert mount == Mount(theirs, ours=False)
+            await backend.unmount(p, mount)
+            assert mountpoints_of(stick.partitions) == [theirs]
+            found = _tool("findmnt", "-n", "-o", "OPTIONS", str(theirs)).split(",")
+            assert found[0] == options.split(",")[0]  # still ro / rw as they mounted it
         finally:
             await backend.close()
 

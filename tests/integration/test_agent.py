@@ -553,3 +553,56 @@ def test_watchdog_pings_stop_when_the_event_source_dies(
         assert await runner == 0
 
     asyncio.run(scenario())
+
+
+def _wait_for_udisks_to_see(stick: Stick, mountpoint: Path) -> None:
+    """udisksd learns of a mount from mountinfo a moment later; the agent asks it."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        info = subprocess.run(
+            ["udisksctl", "info", "-b", stick.device(0)], capture_output=True, text=True
+        ).stdout
+        if str(mountpoint) in info:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"udisksd does not show {mountpoint} for {stick.device(0)}")
+
+
+@pytest.mark.parametrize("backend", ["udisks2", "udev"])
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_stick_mounted_by_someone_else_is_used_and_left_as_it_was_found(
+    backend: str, read_only: bool, env: Env, make_stick: MakeStick, start_agent: type[Agent]
+) -> None:
+    env.write_config(backend)
+    names = [write_archive(env.destination, 1, MIB)]
+    stick = make_stick(PartSpec(label=env.label))
+    options = "ro,nosuid,nodev" if read_only else "rw,nosuid,nodev"
+    theirs = stick.mount(options=options)
+    _wait_for_udisks_to_see(stick, theirs)
+
+    agent = start_agent()
+    kind, summary = agent.outcome()
+
+    assert mountpoints_of(stick.partitions) == [theirs], "the agent changed someone's mount"
+    found = subprocess.run(
+        ["findmnt", "-n", "-o", "OPTIONS", str(theirs)], capture_output=True, text=True
+    ).stdout
+    assert found.split(",")[0] == options.split(",")[0]
+    if read_only:
+        assert kind == "refused", summary
+        assert f"{theirs} is mounted read-only" in summary and "remount it read-write" in summary
+        assert "fsck" not in summary
+        assert not (theirs / "usbagent").exists()  # nothing written
+        assert not any("stick-recognised" in line for line in agent.log), agent.text()
+    else:
+        assert kind == "sync" and "copied 1 archive(s)" in summary, summary
+        assert f"left mounted at {theirs} as it was found" in summary
+        assert "unmount it before removing the stick" in summary
+        assert "safe to remove" not in summary
+        on_stick = {
+            p.name: hashlib.sha256(p.read_bytes()).digest() for p in (theirs / "usbagent").iterdir()
+        }
+        assert on_stick == local_digests(env, names)
+        recognised = [line for line in agent.log if "stick-recognised" in line]
+        assert len(recognised) == 1 and "copying 1 archive(s)" in recognised[0]
+    assert agent.stop() == 0

@@ -317,3 +317,19 @@ def test_an_unwritable_state_dir_does_not_hide_the_result(tmp_path: Path) -> Non
     assert "could NOT record this result" in proc.stderr
     assert "written" in proc.stderr  # the result itself is still reported
     assert len(s.archives()) == 1
+
+
+def test_a_future_dated_file_in_the_destination_is_reported_and_left_alone(tmp_path: Path) -> None:
+    s = make_setup(tmp_path, keep_days=7)
+    assert s.cli("archive").returncode == 0  # a recorded run: the history starts here
+    fake = naming.make(PREFIX, datetime(2099, 1, 1, tzinfo=UTC))
+    (s.destination / fake.filename).write_bytes(b"junk\n")
+    (s.destination / fake.sidecar).write_text(f"{'0' * 64}  {fake.filename}\n")
+
+    proc = s.cli("archive")
+
+    assert proc.returncode == 0, proc.stderr
+    assert str(s.destination / fake.filename) in proc.stderr
+    assert "dated in the future or not made by a recorded run" in proc.stderr
+    assert (s.destination / fake.filename).read_bytes() == b"junk\n"
+    assert len([a for a in s.archives() if a.name != fake.filename]) == 2  # both real ones

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from tests.integration.sync_helpers import (
 )
 from tests.stack import MakeStick, PartSpec
 from usbagent import ledger, naming, state
+from usbagent.events import Outcome
 from usbagent.sync import facts_at
 
 pytestmark = pytest.mark.stack
@@ -144,3 +145,46 @@ def test_a_folder_named_like_an_archive_is_refused_and_nothing_is_deleted(
     assert r.returncode == 1 and "not a regular file" in r.stderr and FUTURE in r.stderr
     assert stick_files(mount) == before
     assert sha256_file(mount / "usbagent" / old.name) == old.sha256
+
+
+def test_an_archive_the_host_never_made_is_not_copied_and_pushes_no_real_copy_out(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    config = sync_config(tmp_path, unique_label, keep=1)
+    dest = config.archive.destination
+    now = datetime.now(UTC).replace(microsecond=0)
+    real = make_archive(dest, 0, MIB)
+    # As `usbagent archive` records it: the history of the state dir starts here.
+    state.record(config.agent, Outcome("archive", True, "written", details={"archive": real.name}))
+    mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
+    toml = write_toml(config, tmp_path / "c.toml")
+    assert usbagent(toml, "sync", str(mount)).returncode == 0
+    planted = naming.make(PREFIX, now + timedelta(minutes=1)).filename  # newer, plausible
+    (dest / planted).write_bytes(b"x" * 1000)
+    digest = hashlib.sha256(b"x" * 1000).hexdigest()
+    (dest / (planted + naming.SIDECAR)).write_text(f"{digest}  {planted}\n")
+
+    r = usbagent(toml, "sync", str(mount))
+
+    assert r.returncode == 0, r.stderr
+    assert stick_files(mount) == {real.name, real.name + naming.SIDECAR}
+    assert planted in r.stdout and "no `usbagent archive` run recorded making them" in r.stdout
+    record = ledger.load(config.agent.state_dir, facts_at(mount).uuid)  # type: ignore[union-attr]
+    assert record is not None and record.archives == (real.name,)
+
+
+def test_a_stick_left_without_any_verified_copy_is_a_failure(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    config = sync_config(tmp_path, unique_label)
+    dest = config.archive.destination
+    make_archive(dest, 0, MIB)
+    (dest / archive_name(0)).rename(dest / FUTURE)  # only a future-dated archive here
+    (dest / (archive_name(0) + naming.SIDECAR)).rename(dest / (FUTURE + naming.SIDECAR))
+    mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
+
+    r = usbagent(write_toml(config, tmp_path / "c.toml"), "sync", str(mount))
+
+    assert r.returncode == 1
+    assert "the stick holds no verified copy" in r.stderr and FUTURE in r.stderr
+    assert FUTURE not in stick_files(mount)

@@ -23,5 +23,8 @@ def test_mount_under_run_by_uuid_and_unmount(make_stick: MakeStick, unique_label
     checks.mount_and_unmount(UdevBackend, make_stick, unique_label, lambda p: MOUNT_BASE / p.uuid)
 
 
-def test_reuses_a_foreign_mount(make_stick: MakeStick, unique_label: str) -> None:
-    checks.reuses_a_foreign_mount(UdevBackend, make_stick, unique_label)
+@pytest.mark.parametrize("options", ["rw,nosuid,nodev", "ro,nosuid,nodev"])
+def test_reuses_a_foreign_mount_and_leaves_it_mounted(
+    options: str, make_stick: MakeStick, unique_label: str
+) -> None:
+    checks.reuses_a_foreign_mount(UdevBackend, make_stick, unique_label, options)

@@ -27,5 +27,8 @@ def test_mount_at_media_root_label_and_unmount(make_stick: MakeStick, unique_lab
     )
 
 
-def test_reuses_a_foreign_mount(make_stick: MakeStick, unique_label: str) -> None:
-    checks.reuses_a_foreign_mount(UDisksBackend, make_stick, unique_label)
+@pytest.mark.parametrize("options", ["rw,nosuid,nodev", "ro,nosuid,nodev"])
+def test_reuses_a_foreign_mount_and_leaves_it_mounted(
+    options: str, make_stick: MakeStick, unique_label: str
+) -> None:
+    checks.reuses_a_foreign_mount(UDisksBackend, make_stick, unique_label, options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from usbagent import naming
+from usbagent.naming import in_future
 from usbagent.plan import (
     Foreign,
     LocalArchive,
@@ -12,7 +13,6 @@ from usbagent.plan import (
     StickFile,
     Survey,
     SyncPlan,
-    in_future,
     judge,
     margin,
     plan_sync,

@@ -133,7 +133,7 @@ def test_not_enough_space_on_first_run(tmp_path: Path) -> None:
         with pytest.raises(UsbagentError) as info:
             preflight.check(cfg)
     message = str(info.value)
-    assert "free, the next archive needs about 10 MiB (half the sources' size)" in message
+    assert "free, the next archive needs about 10.0 MiB (half the sources' size)" in message
 
 
 def test_space_is_judged_by_the_newest_archive_and_stale_partials_count_as_free(

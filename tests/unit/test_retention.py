@@ -14,6 +14,12 @@ def name(days_ago: float, prefix: str = P) -> naming.ArchiveName:
     return naming.make(prefix, NOW - timedelta(days=days_ago))
 
 
+def recorded(*names: naming.ArchiveName, since: datetime | None = None) -> retention.Record:
+    """What the state dir's history says completed runs made (it reaches back 100 days)."""
+    start = since or NOW - timedelta(days=100)
+    return retention.Record(frozenset(n.filename for n in names), start)
+
+
 def with_sidecars(*names: naming.ArchiveName) -> list[str]:
     return [f for n in names for f in (n.filename, n.sidecar)]
 
@@ -74,3 +80,63 @@ def test_future_dated_archives_are_kept() -> None:
 
 def test_empty_folder() -> None:
     assert retention.plan([], P, NOW, keep_days=1) == []
+
+
+# --- suspect archives never make retention delete real ones (issue 9, item 3) ---------------
+
+
+def test_a_future_dated_fake_does_not_take_the_newest_real_archives_protection() -> None:
+    # The timer stopped 20 days ago; someone (or a clock gone wrong) left a 2099 archive.
+    fake = naming.make(P, NOW.replace(year=2099))
+    real_newest, real_older = name(20), name(30)
+    files = with_sidecars(fake, real_newest, real_older)
+
+    doomed = retention.plan(files, P, NOW, keep_days=14)
+
+    assert doomed == [real_older.filename, real_older.sidecar]  # the newest real one stays
+    assert retention.suspects(files, P, NOW, None) == [fake.filename]
+
+
+def test_an_unrecorded_archive_is_neither_deleted_nor_protected_in_place_of_a_real_one() -> None:
+    planted = name(1)  # a plausible, recent name no completed run made
+    real_newest, real_older, planted_old = name(20), name(30), name(40)
+    files = with_sidecars(planted, real_newest, real_older, planted_old)
+    record = recorded(real_newest, real_older)
+
+    doomed = retention.plan(files, P, NOW, keep_days=14, record=record)
+
+    assert doomed == [real_older.filename, real_older.sidecar]
+    assert retention.suspects(files, P, NOW, record) == [planted_old.filename, planted.filename]
+
+
+def test_archives_older_than_the_recorded_history_are_judged_by_name() -> None:
+    # The bounded history starts 50 days ago; older archives cannot be in it and still age out.
+    ancient, newest = name(60), name(1)
+    files = with_sidecars(ancient, newest)
+    record = recorded(newest, since=NOW - timedelta(days=50))
+    assert retention.plan(files, P, NOW, keep_days=14, record=record) == with_sidecars(ancient)
+
+
+def test_orphan_sidecars_of_unrecorded_archives_are_left_alone() -> None:
+    mine, theirs = name(30), name(31)
+    files = [*with_sidecars(name(1)), mine.sidecar, theirs.sidecar]
+    record = recorded(name(1), mine)
+    assert retention.plan(files, P, NOW, keep_days=14, record=record) == [mine.sidecar]
+
+
+def test_the_record_comes_from_archive_outcomes_of_the_history() -> None:
+    from usbagent.events import Outcome
+
+    first = NOW - timedelta(days=40)
+    history = [
+        Outcome("sync", True, "synced", time=first),
+        Outcome("archive", True, "written", time=first, details={"archive": name(30).filename}),
+        Outcome("archive", False, "retention failed", details={"archive": name(20).filename}),
+        Outcome("archive", False, "tar failed", details={"error": "x"}),
+    ]
+    record = retention.record_from(history, also=(name(0).filename,))
+    assert record == retention.Record(
+        frozenset({name(30).filename, name(20).filename, name(0).filename}), since=first
+    )
+    assert record.knows(name(50)) and not record.knows(name(10))
+    assert retention.record_from([]) is None

@@ -340,7 +340,7 @@ def test_age_and_size_formatting() -> None:
     assert status.age(timedelta(hours=5, minutes=3)) == "5 h 3 min"
     assert status.age(timedelta(days=3, hours=4)) == "3 d 4 h"
     assert status.size(512) == "512 B"
-    assert status.size(5 * 2**40) == "5120.0 GiB"
+    assert status.size(5 * 2**40) == "5.0 TiB"
 
 
 def test_parse_systemctl_show_blocks() -> None:
