@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -172,6 +173,7 @@ class _Run:
     label: str
     uuid: str
     fstype: str = ""
+    device: str = ""
     started: float = field(default_factory=time.monotonic)
     copied: list[StickFile] = field(default_factory=list)
     copied_bytes: int = 0
@@ -240,6 +242,7 @@ def sync_mounted(
         label=(partition.label or partition.part_name) if partition else "",
         uuid=partition.uuid if partition else "",
         fstype=partition.fstype if partition else "",
+        device=partition.device if partition else "",
     )
     try:
         outcome = _sync(config, mountpoint, run, cancel, progress, accepted)
@@ -262,14 +265,38 @@ def sync_mounted(
     return outcome
 
 
-def read_only_reason(mountpoint: Path) -> str | None:
+BLKROGET = 0x125E  # linux/fs.h: is the block device read-only (write-protected)?
+
+
+def device_read_only(device: str) -> bool:
+    """The block device itself refuses writes: a stick's lock switch, a read-only loop."""
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        flag = fcntl.ioctl(fd, BLKROGET, b"\0" * 4)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return int.from_bytes(flag, sys.byteorder) != 0
+
+
+def read_only_reason(mountpoint: Path, device: str | None) -> str | None:
     """Why nothing may be written to `mountpoint` as it was found, or None.
 
-    Whoever mounted it read-only (a person, a desktop, `mount -o ro`) decided so before we
-    came: that is not the stick failing, and the fix is theirs to choose.
+    Read-only before we came is a decision (a person, a desktop, `mount -o ro`) or the
+    hardware (a write-protected stick), not the stick failing: each gets its own fix, and
+    neither the fsck advice meant for a filesystem the kernel turned read-only mid-run.
     """
     if not os.path.ismount(mountpoint) or not os.statvfs(mountpoint).f_flag & os.ST_RDONLY:
         return None
+    if device and device_read_only(device):
+        return (
+            f"the stick at {mountpoint} ({device}) is write-protected, so usbagent wrote "
+            "nothing to it; slide its lock switch to unlock it, then plug it in again"
+        )
     return (
         f"{mountpoint} is mounted read-only, so usbagent wrote nothing to it; remount it "
         f"read-write (mount -o remount,rw {mountpoint}) or unmount it and plug the stick in "
@@ -285,7 +312,7 @@ def _sync(
     progress: ProgressCallback | None,
     accepted: AcceptedCallback | None,
 ) -> Outcome:
-    if (reason := read_only_reason(mountpoint)) is not None:
+    if (reason := read_only_reason(mountpoint, run.device)) is not None:
         return _refused(run, reason)
     prefix = config.archive_prefix
     local = local_archives(config)

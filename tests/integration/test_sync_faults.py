@@ -14,6 +14,7 @@ import os
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -442,3 +443,30 @@ def test_a_corrupt_local_archive_is_a_host_problem_and_nothing_of_it_is_copied(
     record = ledger.load(config.agent.state_dir, facts_at(mount).uuid)  # type: ignore[union-attr]
     assert record is not None and record.archives == (good.name, old.name)
     assert "corrupt on this host" in record.last_error
+
+
+def test_a_write_protected_stick_is_told_apart_from_a_read_only_mount(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    config = sync_config(tmp_path, unique_label)
+    make_archive(config.archive.destination, 1, MIB)
+    stick = make_stick(PartSpec("ext4", label=unique_label), plug=False)
+    # A read-only loop device: the kernel's view of a stick with its lock switch on.
+    loop = subprocess.run(
+        ["losetup", "-r", "-f", "--show", str(stick.image)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    stick.loop, stick.partitions = loop, [f"{loop}p1"]  # the fixture's unplug detaches it
+    subprocess.run(["partx", "-a", loop], capture_output=True, check=False)
+    deadline = time.monotonic() + 20
+    while not Path(f"{loop}p1").exists():
+        assert time.monotonic() < deadline, "no partition node"
+        time.sleep(0.05)
+    mount = stick.mount(options="ro,noload")
+
+    r = usbagent(write_toml(config, tmp_path / "c.toml"), "sync", str(mount))
+
+    assert r.returncode == 1
+    assert "is write-protected" in r.stderr and "lock switch" in r.stderr, r.stderr
+    assert "fsck" not in r.stderr and "remount" not in r.stderr
+    assert stick_files(mount) == set()
