@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from usbagent import backend as backends
-from usbagent import ledger, state, sync
+from usbagent import ledger, mounts, state, sync
 from usbagent.backend import Backend, DeviceError, DeviceEvent, EventQueue, Mount
 from usbagent.config import Config
 from usbagent.devices import Partition, describe, label_matches
@@ -461,8 +461,12 @@ class Agent:
         record = mount_record(self.config.agent.state_dir, p.uuid)
         if record is None:
             return mount
-        facts = {"device": p.device, "mountpoint": str(mount.path)}
         try:
+            entry = await asyncio.to_thread(lambda: mounts.mount_at(mount.path, mounts.read()))
+            # the mount's id, not only its place: a later mount at the same place (somebody
+            # else's, after they unmounted ours) is not ours
+            mount_id = entry.mount_id if entry else None
+            facts = {"device": p.device, "mountpoint": str(mount.path), "id": mount_id}
             if mount.ours:
                 await asyncio.to_thread(state.write_json, record, facts)
             elif await asyncio.to_thread(state.read_json, record) == facts:

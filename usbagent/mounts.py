@@ -21,6 +21,7 @@ class MountEntry:
     source: str
     fstype: str
     devnum: tuple[int, int]
+    mount_id: int = 0  # unique among the mounts present at one time: tells two mounts apart
 
 
 def _unescape(field: str) -> str:
@@ -42,6 +43,7 @@ def parse(text: str) -> list[MountEntry]:
                 source=_unescape(fields[sep + 2]),
                 fstype=fields[sep + 1],
                 devnum=(major, minor),
+                mount_id=int(fields[0]) if fields[0].isdigit() else 0,
             )
         )
     return entries

@@ -606,3 +606,28 @@ def test_a_stick_mounted_by_someone_else_is_used_and_left_as_it_was_found(
         recognised = [line for line in agent.log if "stick-recognised" in line]
         assert len(recognised) == 1 and "copying 1 archive(s)" in recognised[0]
     assert agent.stop() == 0
+
+
+def test_a_note_of_an_old_mount_of_ours_does_not_make_a_new_foreign_mount_ours(
+    env: Env, make_stick: MakeStick, start_agent: type[Agent]
+) -> None:
+    """A crash left the note "usbagent mounted /dev/X at P"; later a person mounts the stick
+    at P themselves. The mount id tells the two apart: theirs stays mounted."""
+    env.write_config("udev")
+    write_archive(env.destination, 1, MIB)
+    stick = make_stick(PartSpec(label=env.label))
+    theirs = stick.mount()
+    uuid = subprocess.run(
+        ["blkid", "-p", "-s", "UUID", "-o", "value", stick.device(0)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (env.state_dir / "mounts").mkdir(parents=True)
+    note = {"device": stick.device(0), "mountpoint": str(theirs), "id": 1}  # an old mount's id
+    (env.state_dir / "mounts" / f"{uuid}.json").write_text(json.dumps(note))
+
+    agent = start_agent()
+    kind, summary = agent.outcome()
+
+    assert kind == "sync" and f"left mounted at {theirs}" in summary, summary
+    assert mountpoints_of(stick.partitions) == [theirs]
+    assert agent.stop() == 0

@@ -131,6 +131,8 @@ def test_mountinfo_parsing_unescapes_and_keeps_order() -> None:
         (8, 17): ("/media/my stick", "/mnt/again"),
         (0, 22): ("/run",),
     }
+    # the mount id tells two mounts at the same place apart (the agent's note of its own)
+    assert [e.mount_id for e in mounts.parse(text)] == [36, 37, 38]
 
 
 def _p(key: str, **kw: object) -> Partition:
