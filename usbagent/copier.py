@@ -151,14 +151,13 @@ class StickFolder:
             found[name] = st.st_size
         return found
 
-    def remove_partials(self, files: dict[str, int]) -> list[str]:
-        """Delete leftovers of an interrupted run (ours by name, regular files)."""
-        gone = [n for n in files if n.endswith(naming.PARTIAL)]
+    def remove_partials(self, gone: Sequence[str]) -> list[str]:
+        """Delete leftovers of an interrupted run (`plan.leftovers` decides which)."""
         for name in gone:
             os.unlink(name, dir_fd=self.fd)
         if gone:
             os.fsync(self.fd)
-        return gone
+        return list(gone)
 
     def read_sidecar(self, name: str) -> str | None:
         try:

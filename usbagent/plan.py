@@ -54,6 +54,7 @@ ForeignWhy = Literal[
     "differs",  # the name is ours, the content is not, and usbagent never wrote it
     "unverifiable",  # recorded only by name (older ledger) and no sidecar to check against
     "sidecar",  # a sidecar without its archive, that usbagent did not write
+    "partial",  # a temporary name of ours for an archive usbagent has no reason to write
 ]
 
 
@@ -120,6 +121,24 @@ def _newest_first(names: Collection[str], prefix: str) -> list[str]:
     return [n for a, n in sorted(((a, n) for a, n in parsed if a), reverse=True)]
 
 
+def leftovers(
+    files: Collection[str],
+    local: Sequence[LocalArchive],
+    recorded_names: Collection[str],
+    prefix: str,
+) -> tuple[str, ...]:
+    """`.partial` files an interrupted run of ours left: the temporaries of an archive (or
+    sidecar) this host has or the ledger records. Another partial-looking file is not ours
+    to delete; `survey` reports it."""
+    ours = {a.name for a in local if naming.parse(a.name, prefix)} | set(recorded_names)
+    return tuple(n for n in sorted(files) if naming.is_partial(n) and _archive_of(n) in ours)
+
+
+def _archive_of(name: str) -> str:
+    """The archive a sidecar or temporary name belongs to."""
+    return name.removesuffix(naming.PARTIAL).removesuffix(naming.SIDECAR)
+
+
 def survey(
     files: Mapping[str, int],
     stick_sidecars: Mapping[str, str | None],
@@ -160,6 +179,9 @@ def survey(
             checks.append(Check(expect, size, ours, name in mine, on_stick == expect.sha256))
     stale: list[str] = []
     for name, size in sorted(files.items()):
+        if naming.is_partial(name) and naming.parse(_archive_of(name), prefix):
+            foreign.append(Foreign(name, size, "partial"))
+            continue
         base = name.removesuffix(naming.SIDECAR)
         if name == base or base in files or not naming.parse(base, prefix):
             continue

@@ -50,6 +50,7 @@ from usbagent.plan import (
     Refusal,
     StickFile,
     SyncPlan,
+    leftovers,
     plan_sync,
     space_to_free,
 )
@@ -321,9 +322,9 @@ def _sync(
     now = datetime.now(UTC)
     with StickFolder(mountpoint, config.usb.directory, prefix) as folder:
         files = folder.scan()
-        if folder.remove_partials(files):
-            files = folder.scan()
         recorded = (record.copies, record.archives) if record else ((), ())
+        if folder.remove_partials(leftovers(files, local, recorded[1], prefix)):
+            files = folder.scan()
         run.audit = folder.audit(files, local, *recorded, now, cancel)
         run.free_bytes = folder.free_bytes()
         plan = _plan(config, local, run, now, cancel)
@@ -432,6 +433,7 @@ _FOREIGN = {
     "differs": "not the archive usbagent made under that name",
     "unverifiable": "no checksum to verify it against",
     "sidecar": "a checksum file without its archive",
+    "partial": "a temporary name for no archive of this host",
 }
 
 

@@ -68,16 +68,22 @@ def test_reproduction_a_future_dated_junk_file_no_longer_deletes_the_real_copies
 
 
 @pytest.mark.parametrize(
-    ("name", "sidecar"),
+    ("name", "sidecar", "why"),
     [
-        (FUTURE, True),  # future-dated, with a sidecar that matches the junk
-        (archive_name(3), False),  # a valid, plausible name the host never made
-        (archive_name(3), True),  # ... with a forged sidecar
-        (archive_name(0), True),  # older than the real ones, forged sidecar
+        (FUTURE, True, "future"),  # future-dated, with a sidecar that matches the junk
+        (archive_name(3), False, "unrecorded"),  # a valid, plausible name the host never made
+        (archive_name(3), True, "unrecorded"),  # ... with a forged sidecar
+        (archive_name(0), True, "unrecorded"),  # older than the real ones, forged sidecar
+        (archive_name(3) + naming.PARTIAL, False, "partial"),  # not a leftover of ours
     ],
 )
 def test_files_usbagent_never_wrote_do_not_count_toward_keep_and_stay(
-    name: str, sidecar: bool, make_stick: MakeStick, unique_label: str, tmp_path: Path
+    name: str,
+    sidecar: bool,
+    why: str,
+    make_stick: MakeStick,
+    unique_label: str,
+    tmp_path: Path,
 ) -> None:
     config = sync_config(tmp_path, unique_label, keep=2)
     real = [make_archive(config.archive.destination, day, MIB) for day in (1, 2)]
@@ -97,11 +103,7 @@ def test_files_usbagent_never_wrote_do_not_count_toward_keep_and_stay(
     assert record is not None and name not in record.archives
     assert record.last_verified_copy == real[1].name
     last = state.last(config.agent.state_dir, "sync")
-    assert (
-        last is not None
-        and {"name": name, "why": "future" if name == FUTURE else "unrecorded"}
-        in last.details["foreign"]
-    )
+    assert last is not None and {"name": name, "why": why} in last.details["foreign"]
 
 
 def test_a_file_under_the_name_of_a_new_archive_is_left_alone_and_the_sync_fails(

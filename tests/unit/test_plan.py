@@ -14,6 +14,7 @@ from usbagent.plan import (
     Survey,
     SyncPlan,
     judge,
+    leftovers,
     margin,
     plan_sync,
     space_to_free,
@@ -282,3 +283,20 @@ def test_excluded_local_archives_take_no_place_so_no_older_copy_is_pruned() -> N
         plan_sync(local(3), stick(1, 2), PLENTY, keep=2, prefix=PREFIX, now=NOW, exclude={name(3)})
     )
     assert plan.copy == () and plan.prune == ()
+
+
+def test_only_partials_of_archives_this_host_has_or_recorded_are_removed() -> None:
+    files = {
+        name(1) + ".partial": 5,  # copying day 1 was interrupted: local has it
+        name(1) + SIDE + ".partial": 0,
+        name(2) + ".partial": 5,  # the ledger records day 2
+        name(3) + ".partial": 5,  # nobody knows day 3: not ours to delete
+        "notes.partial": 1,
+    }
+    assert leftovers(files, local(1), (name(2),), PREFIX) == (
+        name(1) + ".partial",
+        name(1) + SIDE + ".partial",
+        name(2) + ".partial",
+    )
+    found = survey_of({name(3) + ".partial": 5, "notes.partial": 1})
+    assert found.foreign == (Foreign(name(3) + ".partial", 5, "partial"),)
