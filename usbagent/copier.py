@@ -191,10 +191,11 @@ class StickFolder:
         """Re-read every file that may be a copy of ours; act on what `plan.judge` decides.
 
         Which files count, and against which hash, is decided by `plan.survey` from the
-        host's records alone. Here: read back from the device, delete the corrupt copies of
-        ours that the plan copies again, rewrite sidecars of verified copies that do not
-        match, and remove sidecars of ours whose archive a prune interrupted. Nothing else is
-        deleted: a file usbagent did not write is reported (`Audit.foreign`), not removed.
+        host's records alone. Here: read back from the device, rewrite sidecars of verified
+        copies that do not match, and remove sidecars of ours whose archive a prune
+        interrupted. Corrupt copies of ours are removed later by the sync, once the local
+        archive that replaces them passed its own check. Nothing else is deleted: a file
+        usbagent did not write is reported (`Audit.foreign`), not removed.
         """
         sidecars = {
             name: self.read_sidecar(name)
@@ -208,8 +209,6 @@ class StickFolder:
             if check.size == check.expect.size
         }
         audit = plan.judge(found, read_back)
-        for name in audit.replace:
-            self.remove(name)
         for copy in audit.fix_sidecars:
             self.write_small(copy.name + naming.SIDECAR, sidecar_line(copy))
         for name in found.stale_sidecars:

@@ -179,6 +179,7 @@ class _Run:
     copied: list[StickFile] = field(default_factory=list)
     copied_bytes: int = 0
     pruned: list[str] = field(default_factory=list)
+    removed_corrupt: list[str] = field(default_factory=list)  # corrupt copies of ours deleted
     audit: Audit | None = None
     planned: int = 0
     free_bytes: int | None = None
@@ -204,7 +205,7 @@ class _Run:
             "copied": [f.name for f in self.copied],
             "bytes": self.copied_bytes,
             "verified": len(holds or ()),  # the verified copies the stick holds now
-            "replaced": list(audit.replace) if audit else [],
+            "replaced": list(self.removed_corrupt),
             "corrupt": list(audit.corrupt) if audit else [],
             "foreign": [{"name": f.name, "why": f.why} for f in audit.foreign] if audit else [],
             "future": list(self.future),
@@ -327,7 +328,7 @@ def _sync(
             files = folder.scan()
         run.audit = folder.audit(files, local, *recorded, now, cancel)
         run.free_bytes = folder.free_bytes()
-        plan = _plan(config, local, run, now, cancel)
+        plan = _plan(config, local, run, now, cancel, _sizes(files, run.audit.replace))
         if isinstance(plan, Refusal):
             return _refused(run, plan.reason)
         run.planned = len(plan.copy)
@@ -339,14 +340,24 @@ def _sync(
     return _finished(run, config, have_local=bool(local))
 
 
+def _sizes(files: dict[str, int], names: tuple[str, ...]) -> int:
+    return sum(files[n] for n in names)
+
+
 def _plan(
-    config: Config, local: list[LocalArchive], run: _Run, now: datetime, cancel: threading.Event
+    config: Config,
+    local: list[LocalArchive],
+    run: _Run,
+    now: datetime,
+    cancel: threading.Event,
+    reclaim: int,
 ) -> SyncPlan | Refusal:
     """The plan, with every archive it copies first checked against its own sidecar.
 
     A local archive that fails its sidecar is a host problem: it is not copied (the stick
     keeps its older copies in its place), and the sync fails naming it. Checking before
-    the copy, not after, is what lets the plan keep those older copies.
+    the copy, not after, is what lets the plan keep those older copies. `reclaim`: bytes
+    the corrupt copies of ours free when `_carry_out` removes them.
     """
     assert run.audit is not None and run.free_bytes is not None
     names = {a.name for a in local}
@@ -357,7 +368,7 @@ def _plan(
         plan = plan_sync(
             local,
             run.audit.present,
-            run.free_bytes,
+            run.free_bytes + reclaim,
             config.usb.keep,
             config.archive_prefix,
             now,
@@ -386,8 +397,17 @@ def _carry_out(
     cancel: threading.Event,
     progress: ProgressCallback | None,
 ) -> None:
-    """Copy newest first; prune only after all copies verified, unless space forces earlier."""
+    """Copy newest first; prune only after all copies verified, unless space forces earlier.
+
+    Corrupt copies of ours go first, unless the local archive meant to replace them failed
+    its own check: then both are damaged and the stick's copy may still hold readable data.
+    """
     assert run.audit is not None
+    bad = {c.path.name for c in run.corrupt_local}
+    for name in run.audit.replace:
+        if name not in bad:
+            folder.remove(name)
+            run.removed_corrupt.append(name)
     sizes = {f.name: f.size for f in run.audit.present}
     waiting = [(name, sizes[name]) for name in plan.prune]
     for index, archive in enumerate(plan.copy, 1):
@@ -491,8 +511,8 @@ def _finished(run: _Run, config: Config, have_local: bool) -> Outcome:
     verified = len(run.holds() or ())
     tail = f"{human(run.free_bytes)} free; safe to remove after unmount"
     notes = []
-    if audit.replace:
-        notes.append(f"replaced {len(audit.replace)} corrupt copy(ies)")
+    if run.removed_corrupt:
+        notes.append(f"replaced {len(run.removed_corrupt)} corrupt copy(ies)")
     if run.pruned:
         notes.append(f"pruned {len(run.pruned)} old")
     if run.future:

@@ -470,3 +470,21 @@ def test_a_write_protected_stick_is_told_apart_from_a_read_only_mount(
     assert "is write-protected" in r.stderr and "lock switch" in r.stderr, r.stderr
     assert "fsck" not in r.stderr and "remount" not in r.stderr
     assert stick_files(mount) == set()
+
+
+def test_a_corrupt_copy_is_kept_when_the_local_archive_to_replace_it_is_corrupt_too(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    config = sync_config(tmp_path, unique_label)
+    archive = make_archive(config.archive.destination, 1, 3 * MIB)
+    stick = make_stick(PartSpec("ext4", label=unique_label))
+    mount = stick.mount()
+    assert sync(config, mount).ok
+    _flip_byte_on_device(stick.device(0), mount / "usbagent" / archive.name, 1_234_567)
+    _corrupt_local(config.archive.destination / archive.name, 2 * MIB)
+
+    outcome = sync(config, mount)
+
+    assert not outcome.ok and "corrupt on this host" in outcome.summary, outcome.summary
+    assert archive.name in stick_files(mount)  # damaged twice over: the stick's copy stays
+    assert outcome.details["replaced"] == []
