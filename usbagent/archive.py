@@ -300,11 +300,13 @@ def made_record(config: Config, made: str) -> retention.Record | None:
     """The archives completed runs recorded in the state dir's history, plus `made`."""
     try:
         history = state.events(config.agent.state_dir)
+        journal = state.archives(config.agent.state_dir)
     except OSError as exc:
         where = config.agent.state_dir
         log.warning("cannot read the history in %s (%s): retention goes by names", where, exc)
         return None
-    return retention.record_from(history, (made,))
+    recorded = {name: r.recorded for name, r in journal.items()}
+    return retention.record_from(history, recorded, (made,))
 
 
 def prune(config: Config, now: datetime, made: str) -> list[str]:

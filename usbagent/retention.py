@@ -15,9 +15,10 @@ completed runs made, nothing else, so every rule is unit-tested:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 from usbagent import naming
 from usbagent.events import Outcome
@@ -35,18 +36,25 @@ class Record:
         return archive.filename in self.names or archive.created < self.since
 
 
-def record_from(history: Sequence[Outcome], also: Collection[str] = ()) -> Record | None:
-    """The Record a state dir's history (oldest first) gives, or None when it is empty.
+def record_from(
+    history: Sequence[Outcome],
+    journal: Mapping[str, datetime] = MappingProxyType({}),
+    also: Collection[str] = (),
+) -> Record | None:
+    """The Record a state dir gives, or None when it knows nothing yet.
 
-    Every archive outcome that names an archive counts, failed ones too (an archive whose
-    retention failed was still written by usbagent); `also`: archives made by this run,
-    recorded only after retention.
+    `history`: events.jsonl, oldest first (bounded); every archive outcome that names an
+    archive counts, failed ones too (an archive whose retention failed was still written by
+    usbagent). `journal`: archives.json, name -> when it was recorded (bounded too). The
+    record reaches back to the oldest thing either remembers. `also`: archives made by this
+    run, recorded only after retention.
     """
-    if not history:
+    starts = [*journal.values(), *(o.time for o in history[:1])]
+    if not starts:
         return None
     named = (o.details.get("archive") for o in history if o.kind == "archive")
-    names = frozenset(n for n in (*named, *also) if isinstance(n, str))
-    return Record(names, since=history[0].time)
+    names = frozenset(n for n in (*named, *journal, *also) if isinstance(n, str))
+    return Record(names, since=min(starts))
 
 
 def _archives(present: set[str], prefix: str) -> dict[str, naming.ArchiveName]:

@@ -137,7 +137,9 @@ def unrecorded(config: Config, local: list[LocalArchive]) -> tuple[str, ...]:
     """Local archives no completed `usbagent archive` run recorded (where the state dir's
     history reaches): a file the host did not make is never copied as if it were a backup."""
     try:
-        record = retention.record_from(state.events(config.agent.state_dir))
+        history = state.events(config.agent.state_dir)
+        journal = {n: r.recorded for n, r in state.archives(config.agent.state_dir).items()}
+        record = retention.record_from(history, journal)
     except OSError as exc:
         log.warning("cannot read the history in %s: %s", config.agent.state_dir, exc)
         return ()

@@ -140,3 +140,8 @@ def test_the_record_comes_from_archive_outcomes_of_the_history() -> None:
     )
     assert record.knows(name(50)) and not record.knows(name(10))
     assert retention.record_from([]) is None
+    # The archives journal reaches further back than the bounded history: it counts too.
+    older = NOW - timedelta(days=90)
+    record = retention.record_from(history, {name(80).filename: older})
+    assert record is not None and record.since == older
+    assert record.knows(name(80)) and not record.knows(name(85)) and record.knows(name(95))
