@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from usbagent import ledger
@@ -59,3 +60,28 @@ def test_an_unreadable_ledger_file_is_skipped_not_fatal(tmp_path: Path) -> None:
     ledger.record_ok(tmp_path, UUID_B, "b", (), 1, "")
 
     assert [r.uuid for r in ledger.sticks(tmp_path)] == [UUID_B]
+
+
+def test_the_hash_of_each_verified_copy_is_kept_and_an_error_keeps_what_is_known(
+    tmp_path: Path,
+) -> None:
+    from usbagent.plan import StickFile
+
+    copies = (StickFile("b-2", 10, "2" * 64), StickFile("b-1", 9, "1" * 64))
+    ledger.record_ok(tmp_path, UUID_A, "s", ("b-2", "b-1"), 1, "b-2", copies=copies)
+    assert ledger.load(tmp_path, UUID_A).copies == copies  # type: ignore[union-attr]
+
+    ledger.record_error(tmp_path, UUID_A, "s", "refused: no space")  # nothing looked at
+    assert ledger.load(tmp_path, UUID_A).copies == copies  # type: ignore[union-attr]
+
+    ledger.record_error(tmp_path, UUID_A, "s", "failed", ("b-2",), 1, copies=copies[:1])
+    assert ledger.load(tmp_path, UUID_A).copies == copies[:1]  # type: ignore[union-attr]
+
+
+def test_a_ledger_written_before_copies_were_recorded_still_loads(tmp_path: Path) -> None:
+    path = ledger.path_for(tmp_path, UUID_B)
+    assert path is not None
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"uuid": UUID_B, "archives": ["b-1"], "last_verified_copy": "b-1"}))
+    record = ledger.load(tmp_path, UUID_B)
+    assert record is not None and record.archives == ("b-1",) and record.copies == ()
