@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from usbagent import naming
+
 DEFAULT_PATH = Path("/etc/usbagent/config.toml")
 ENV_VAR = "USBAGENT_CONFIG"
 BACKENDS = ("auto", "udisks2", "udev")
@@ -85,8 +87,7 @@ class Config:
 
 
 def _safe_hostname() -> str:
-    name = socket.gethostname().split(".")[0] or "backup"
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+    return naming.safe_prefix(socket.gethostname().split(".")[0] or "backup")
 
 
 # --- rules shared with `install` ----------------------------------------------------------
@@ -226,8 +227,8 @@ def _path_list(v: Any) -> tuple[Path, ...]:
 def _prefix(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError("must be a string")
-    if v and not all(c.isalnum() or c in "-_." for c in v):
-        raise ValueError("may contain only letters, digits, '-', '_' and '.'")
+    if v and not naming.valid_prefix(v):  # else its archives would never be found again
+        raise ValueError(f"may contain only {naming.PREFIX_CHARS}, got {v!r}")
     return v
 
 

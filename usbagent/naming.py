@@ -14,8 +14,12 @@ SUFFIX = ".tar.zst.age"
 SIDECAR = ".sha256"
 PARTIAL = ".partial"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+# The one rule for prefixes, used by config validation and by `parse` alike: a prefix the
+# config accepts always yields names that `parse` (status, verify, retention, sync) finds.
+PREFIX_CHARS = "ASCII letters, digits, '-', '_' and '.'"
+_PREFIX = r"[A-Za-z0-9._-]+"
 _NAME = re.compile(
-    r"^(?P<prefix>[A-Za-z0-9._-]+)-(?P<stamp>\d{8}T\d{6}Z)" + re.escape(SUFFIX) + "$"
+    rf"(?P<prefix>{_PREFIX})-(?P<stamp>\d{{8}}T\d{{6}}Z)" + re.escape(SUFFIX), re.ASCII
 )
 
 
@@ -35,6 +39,16 @@ class ArchiveName:
         return self.filename + SIDECAR
 
 
+def valid_prefix(prefix: str) -> bool:
+    """Whether archives named with `prefix` are recognised again (see PREFIX_CHARS)."""
+    return re.fullmatch(_PREFIX, prefix) is not None
+
+
+def safe_prefix(text: str) -> str:
+    """`text` with every character a prefix may not contain replaced by '-'."""
+    return "".join(c if valid_prefix(c) else "-" for c in text)
+
+
 def make(prefix: str, when: datetime) -> ArchiveName:
     """The name for an archive created at `when` (truncated to whole seconds, UTC)."""
     return ArchiveName(created=when.astimezone(UTC).replace(microsecond=0), prefix=prefix)
@@ -42,7 +56,7 @@ def make(prefix: str, when: datetime) -> ArchiveName:
 
 def parse(filename: str, prefix: str | None = None) -> ArchiveName | None:
     """The archive a file name denotes, or None if it is not one (of `prefix`, when given)."""
-    m = _NAME.match(filename)
+    m = _NAME.fullmatch(filename)
     if not m or (prefix is not None and m["prefix"] != prefix):
         return None
     try:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from usbagent import config, install
+from usbagent import config, install, naming
 from usbagent.config import ConfigError
 from usbagent.errors import UsbagentError
 
@@ -237,3 +238,22 @@ def test_a_label_install_would_refuse_stops_doctor_and_install_at_the_config(
             "rewrites in device properties; use only letters, digits and - _ . : = @ # +"
         )
         assert not (tmp_path / "root").exists()
+
+
+def test_the_prefix_rule_is_the_archive_name_rule(tmp_path: Path) -> None:
+    """A prefix the config accepts names archives that status, retention and sync find."""
+    when = datetime(2026, 11, 26, tzinfo=UTC)
+    samples = [chr(c) for c in range(0x20, 0x600)] + ["\U0001f600", "\u0661", "\uff42"]
+    for char in samples:
+        prefix = f"a{char}b"
+        found = naming.parse(naming.make(prefix, when).filename, prefix) is not None
+        escaped = "".join(f"\\U{ord(c):08x}" for c in prefix)  # TOML's escape for any char
+        path = write(tmp_path, f'[archive]\nprefix = "{escaped}"\n')
+        try:
+            accepted = config.load(path).archive.prefix == prefix
+        except ConfigError as exc:
+            assert exc.problems == [
+                f"archive.prefix: may contain only {naming.PREFIX_CHARS}, got {prefix!r}"
+            ]
+            accepted = False
+        assert accepted == found, repr(char)

@@ -62,3 +62,20 @@ def test_is_partial_only_for_our_temporaries() -> None:
     assert not naming.is_partial(name.filename)
     assert not naming.is_partial("download.partial")
     assert not naming.is_partial("h-2026.tar.zst.age.partial")
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "host-20261126T030405Z.tar.zst.age\n",  # `$` would have let a newline through
+        "host-\u0662\u0660\u0662\u0666" + "1126T030405Z.tar.zst.age",  # non-ASCII digits
+        "b\u00e4ckup-20261126T030405Z.tar.zst.age",
+    ],
+)
+def test_names_are_ascii_and_exact(filename: str) -> None:
+    assert naming.parse(filename) is None
+
+
+def test_safe_prefix_gives_a_valid_prefix_from_any_host_name() -> None:
+    assert naming.safe_prefix("b\u00e4ck up.lan") == "b-ck-up.lan"
+    assert naming.valid_prefix(naming.safe_prefix("\u00e4\u00f6\u00fc\U0001f600"))
