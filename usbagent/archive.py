@@ -8,9 +8,14 @@ GNU tar reads the files because Python's tarfile is ~3x slower on many small fil
 compresses in its own threads; pyrage encrypts in this thread and the ciphertext is hashed
 as it is written, so the `.sha256` sidecar costs no second read.
 
-Member layout: tar runs in `/` and gets each source without its leading '/', so the source
-`/data/docs` is stored as `data/docs/...`; `restore --to DIR` recreates it as
-`DIR/data/docs/...`. The destination is excluded when it lies inside a source.
+Member layout (usbagent.selection): each source is stored under the name the user wrote,
+without its leading '/': the source `/data/docs` as `data/docs/...`, which `restore --to DIR`
+recreates as `DIR/data/docs/...`; a source that is a symlink is followed. The destination is
+excluded wherever it lies inside a source, compared as resolved paths.
+
+What was stored is counted per source from tar's stream as it passes (usbagent.tarstream)
+and recorded in the outcome; a source that has content but yielded nothing fails the run
+before the archive gets its final name.
 
 Crash safety: the archive is written as `<name>.partial`, fsynced, renamed, the folder
 fsynced, then the sidecar is written the same way. Any failure, SIGTERM or SIGINT removes
@@ -19,7 +24,9 @@ the partial (exit 1); a SIGKILL leaves only a `.partial`, removed by the next ru
 tar exit status 1 ("file changed as we read it", "file removed before we read it") keeps the
 archive: every other file in it is good, and failing would leave no archive at all for data
 that is always in use (logs, mailboxes). The files concerned are logged as warnings and
-listed in the recorded outcome. Any other tar failure fails the run.
+listed in the recorded outcome. Any other tar failure fails the run. A source whose files
+all vanished during the run (exit 1, "File removed before we read it") is judged by what
+is on disk afterwards: empty now, an empty source is fine; not empty, the run fails.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -45,11 +52,12 @@ from typing import IO, Any, BinaryIO, cast
 import pyrage
 import zstandard
 
-from usbagent import naming, preflight, retention, state
+from usbagent import naming, preflight, retention, selection, state
 from usbagent.config import Config
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
 from usbagent.fsutil import atomic_writer, fsync_dir, write_atomic
+from usbagent.tarstream import SourceCount, Tally, yielded_nothing
 from usbagent.units import human_bytes
 
 log = logging.getLogger(__name__)
@@ -77,24 +85,7 @@ class Made:
     sha256: str
     duration: float
     warnings: tuple[str, ...]
-
-
-def _member(path: Path) -> str:
-    """How tar, run in '/', names an absolute path: without its leading '/'."""
-    return str(path).lstrip("/") or "."
-
-
-def tar_command(
-    tar: str, sources: tuple[Path, ...], exclude: tuple[str, ...], destination: Path
-) -> list[str]:
-    """The GNU tar invocation (pure). Exclude patterns are tar's: globs matching any tail."""
-    cmd = [tar, "--create", "--file=-", "--directory=/", "--format=gnu", "--sort=name"]
-    if _member(destination) != ".":
-        # Anchored and literal: exactly the destination folder, whatever its name contains.
-        cmd += ["--anchored", "--no-wildcards", f"--exclude={_member(destination)}"]
-        cmd += ["--wildcards", "--no-anchored"]
-    cmd += [f"--exclude={pattern}" for pattern in exclude]
-    return [*cmd, "--", *(_member(s) for s in sources)]
+    sources: tuple[SourceCount, ...]
 
 
 class _CompressedTar(io.RawIOBase):
@@ -105,12 +96,13 @@ class _CompressedTar(io.RawIOBase):
     READ_SIZE step, its compressed output and zstd's jobs.
     """
 
-    def __init__(self, source: io.BufferedReader, level: int) -> None:
+    def __init__(self, source: io.BufferedReader, level: int, tally: Tally) -> None:
         params = zstandard.ZstdCompressionParameters.from_level(
             level, threads=ZSTD_WORKERS, job_size=ZSTD_JOB_SIZE, write_checksum=1
         )
         self._zstd = zstandard.ZstdCompressor(compression_params=params).compressobj()
         self._source = source
+        self._tally = tally
         self._chunk = bytearray(READ_SIZE)  # reused: no allocation per step
         self._view = memoryview(self._chunk)
         self._buf = b""
@@ -128,6 +120,7 @@ class _CompressedTar(io.RawIOBase):
                     return 0
                 got = self._source.readinto(self._chunk)
                 if got:
+                    self._tally.feed(self._view[:got])
                     self._buf = self._zstd.compress(self._view[:got])
                 else:
                     self._buf = self._zstd.flush()
@@ -242,13 +235,32 @@ def _stream_failure(exc: BaseException, *causes: BaseException | None) -> BaseEx
     return exc
 
 
+def _has_entries(folder: Path) -> bool:
+    """Whether the folder holds anything; when that cannot be read, assume it does."""
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return True
+
+
+def _hollow(counts: tuple[SourceCount, ...], sources: tuple[selection.Source, ...]) -> list[str]:
+    """Sources (as named) that have content on disk but yielded nothing (see tarstream)."""
+    out = []
+    for count, source in zip(counts, sources, strict=True):
+        is_dir = source.real.is_dir()
+        if yielded_nothing(count, is_dir, is_dir and _has_entries(source.real)):
+            out.append(count.path)
+    return out
+
+
 def write_archive(
     config: Config, ready: preflight.Ready, final: Path
-) -> tuple[int, str, tuple[str, ...]]:
-    """tar -> zstd -> age into `final` atomically; returns (size, sha256 hex, tar warnings)."""
-    cmd = tar_command(
-        ready.tar, config.archive.sources, config.archive.exclude, config.archive.destination
-    )
+) -> tuple[int, str, tuple[str, ...], tuple[SourceCount, ...]]:
+    """tar -> zstd -> age into `final` atomically; (size, sha256 hex, tar warnings, counts)."""
+    exclude = config.archive.exclude
+    cmd = selection.tar_command(ready.tar, ready.sources, exclude, ready.destination)
+    tally = Tally([(str(s.named), s.member) for s in ready.sources])
     log.debug("running %s", " ".join(cmd))
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
@@ -259,13 +271,20 @@ def write_archive(
             fcntl.fcntl(stdout.fileno(), fcntl.F_SETPIPE_SZ, 1024 * 1024)
         try:
             with atomic_writer(final, ARCHIVE_MODE) as f:
-                reader = _CompressedTar(stdout, config.archive.compression_level)
+                reader = _CompressedTar(stdout, config.archive.compression_level, tally)
                 writer = _HashingWriter(f)
                 try:
                     pyrage.encrypt_io(reader.reader(), writer, list(ready.recipients))
                 except pyrage.EncryptError as exc:
                     raise _stream_failure(exc, reader.error, writer.error) from exc
                 warnings = _check_tar(proc.wait(), _tar_messages(errors))
+                counts = tally.counts()
+                hollow = _hollow(counts, ready.sources)
+                if hollow:  # raised inside the writer: the partial goes, no final name
+                    raise UsbagentError(
+                        f"source {', '.join(hollow)} yielded nothing although it is not "
+                        "empty (all of it excluded by archive.exclude?); no archive was kept"
+                    )
         except OSError as exc:  # ENOSPC, EIO from write or fsync: name the file and the cause
             partial = f"{final}{naming.PARTIAL}"
             raise UsbagentError(f"writing {partial} failed: {exc.strerror or exc}") from exc
@@ -274,7 +293,7 @@ def write_archive(
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    return writer.size, writer.sha256.hexdigest(), warnings
+    return writer.size, writer.sha256.hexdigest(), warnings, counts
 
 
 def make_archive(config: Config) -> Made:
@@ -288,12 +307,12 @@ def make_archive(config: Config) -> Made:
         name = _free_name(destination, config.archive_prefix)
         started = time.monotonic()
         final = destination / name.filename
-        size, digest, warnings = write_archive(config, ready, final)
+        size, digest, warnings, counts = write_archive(config, ready, final)
         write_atomic(destination / name.sidecar, f"{digest}  {name.filename}\n".encode())
         duration = time.monotonic() - started
     for line in warnings:
         log.warning("tar: %s", line)
-    return Made(name.filename, final, size, digest, duration, warnings)
+    return Made(name.filename, final, size, digest, duration, warnings, counts)
 
 
 def made_record(config: Config, made: str) -> retention.Record | None:
@@ -379,7 +398,11 @@ def archive_now(config: Config) -> Outcome:
                 error = f"archive {made.name} written, but retention failed: {error}"
             _record(config, _failure_outcome(error, made))
             raise UsbagentError(error) from None
-    summary = f"archive {made.name} written ({human_bytes(made.size)}, {made.duration:.1f} s)"
+    members = sum(c.members for c in made.sources)
+    summary = (
+        f"archive {made.name} written ({members} members, {human_bytes(made.size)}, "
+        f"{made.duration:.1f} s)"
+    )
     if pruned:
         summary += f", {len([n for n in pruned if naming.parse(n)])} old archive(s) pruned"
     if made.warnings:
@@ -391,6 +414,7 @@ def archive_now(config: Config) -> Outcome:
         "sha256": made.sha256,
         "pruned": pruned,
         "warnings": list(made.warnings),
+        "sources": [asdict(c) for c in made.sources],
     }
     outcome = Outcome(kind="archive", ok=True, summary=summary, details=details)
     _record(config, outcome)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from usbagent import naming
+from usbagent import naming, selection
 
 DEFAULT_PATH = Path("/etc/usbagent/config.toml")
 ENV_VAR = "USBAGENT_CONFIG"
@@ -232,6 +232,34 @@ def _prefix(v: Any) -> str:
     return v
 
 
+def _anchored_exclude(pattern: str) -> str:
+    """An absolute exclude pattern, normalised ('//' and a trailing '/' dropped)."""
+    parts = [p for p in pattern.split("/") if p]
+    if not parts:
+        raise ValueError(f"{pattern!r} would exclude everything")
+    if any(p in (".", "..") for p in parts):
+        raise ValueError(f"{pattern!r}: '.' and '..' are not allowed in an absolute pattern")
+    return "/" + "/".join(parts)
+
+
+def _exclude_list(v: Any) -> tuple[str, ...]:
+    """tar patterns; an absolute one is anchored: it names a path under one of the sources."""
+    items = _str_list(nonempty=False)(v)
+    return tuple(_anchored_exclude(s) if s.startswith("/") else s for s in items)
+
+
+def _excludes_outside_sources(values: Mapping[str, Any]) -> list[str]:
+    """Absolute exclude patterns that name no path under a source (they would do nothing)."""
+    sources = values.get("sources", ArchiveConfig.sources)
+    exclude = values.get("exclude", ())
+    return [
+        f"archive.exclude: {p} is not inside any of archive.sources (an absolute pattern "
+        "names a path under a source, as written there; a relative one matches anywhere)"
+        for p in exclude
+        if p.startswith("/") and selection.source_of(p, sources) is None
+    ]
+
+
 def _directory_name(v: Any) -> str:
     """One folder name that FAT, exFAT and ext4 all hold as written (FAT drops a trailing
     dot or space, and refuses the reserved characters), so every stick gets the same one."""
@@ -275,7 +303,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         ArchiveConfig,
         {
             "sources": _path_list,
-            "exclude": _str_list(nonempty=False),
+            "exclude": _exclude_list,
             "destination": _unit_path,
             "recipients_file": _abs_path,
             "keep_days": _int_range(1, MAX_KEEP_DAYS),
@@ -330,6 +358,8 @@ def parse(raw: Mapping[str, Any], path: Path) -> Config:
                 values[key] = checkers[key](value)
             except ValueError as exc:
                 problems.append(f"{name}.{key}: {exc}")
+        if name == "archive" and ("sources" in values or "sources" not in table):
+            problems += _excludes_outside_sources(values)
         known = {f.name for f in fields(cls)}
         sections[name] = cls(**{k: v for k, v in values.items() if k in known})
     if problems:

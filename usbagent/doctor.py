@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from usbagent import credentials, ledger, mounts, naming, state, systemd
+from usbagent import credentials, ledger, mounts, naming, selection, state, systemd
 from usbagent.backend import UDISKS_NAME
 from usbagent.config import Config
 from usbagent.devices import FAT_MAX_FILE
@@ -251,9 +251,12 @@ def check_paths(config: Config) -> list[Finding]:
                     f"create it or remove it from archive.sources in {config.path}",
                 )
             )
+    dest = config.archive.destination
+    if not findings:  # the layout the archive's preflight refuses (the same check)
+        real = selection.resolve(config.archive.sources), dest.resolve()
+        findings += [Finding("sources", False, p.message, p.fix) for p in selection.problems(*real)]
     if not findings:
         findings.append(Finding("sources", True, ", ".join(map(str, config.archive.sources))))
-    dest = config.archive.destination
     if not dest.is_dir():
         findings.append(Finding("destination", False, f"{dest} does not exist", f"mkdir -p {dest}"))
     elif (problem := unwritable(dest)) is not None:

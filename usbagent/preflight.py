@@ -2,8 +2,9 @@
 
 The incident usbagent exists for was a job that "ran" every night for months while its
 tool, key file and target were gone. So before reading a byte of data the archive proves:
-the recipients parse, every source exists, the destination is writable and has room, GNU
-tar is there, and encryption actually round-trips (a throwaway key encrypts and decrypts a
+the recipients parse, every source exists, the destination is writable and has room, no
+source lies in the destination and no two overlap (usbagent.selection), GNU tar is there,
+and encryption actually round-trips (a throwaway key encrypts and decrypts a
 probe, and the configured recipients are accepted by the encryptor).
 
 Free space is an estimate (`space_needed`): 1.25 x the newest archive of ours when there is
@@ -23,7 +24,7 @@ from pathlib import Path
 import pyrage
 import zstandard
 
-from usbagent import naming
+from usbagent import naming, selection
 from usbagent.config import Config
 from usbagent.errors import UsbagentError
 from usbagent.fsutil import unwritable
@@ -41,6 +42,8 @@ class Ready:
     """What preflight established and the archive job uses."""
 
     recipients: tuple[Recipient, ...]
+    sources: tuple[selection.Source, ...]  # resolved tonight
+    destination: Path  # resolved
     tar: str  # path of GNU tar
     stale_partials: tuple[Path, ...]  # our leftovers from a killed run, removed under the lock
 
@@ -62,19 +65,41 @@ def check(config: Config, walk_sources: bool = True) -> Ready:
     check_sources(config.archive.sources)
     destination = config.archive.destination
     check_destination(destination)
+    sources, real_destination = check_layout(config)
     tar = find_gnu_tar()
     self_test(recipients)
     partials = stale_partials(destination, config.archive_prefix)
     check_space(config, partials, walk_sources)
-    return Ready(recipients=tuple(recipients), tar=tar, stale_partials=tuple(partials))
+    return Ready(
+        recipients=tuple(recipients),
+        sources=sources,
+        destination=real_destination,
+        tar=tar,
+        stale_partials=tuple(partials),
+    )
 
 
 def check_sources(sources: tuple[Path, ...]) -> None:
     for source in sources:
+        if source.is_symlink() and not source.exists():
+            raise UsbagentError(
+                f"source {source} is a symlink to {source.readlink()}, which does not "
+                "exist (fix the link, or archive.sources)"
+            )
         if not source.exists():
             raise UsbagentError(f"source {source} does not exist (fix archive.sources)")
         if not os.access(source, os.R_OK | (os.X_OK if source.is_dir() else 0)):
             raise UsbagentError(f"source {source} is not readable by this user")
+
+
+def check_layout(config: Config) -> tuple[tuple[selection.Source, ...], Path]:
+    """The sources and destination resolved, refusing what selection.problems names."""
+    sources = selection.resolve(config.archive.sources)
+    destination = config.archive.destination.resolve(strict=True)
+    found = selection.problems(sources, destination)
+    if found:
+        raise UsbagentError(f"{found[0].message} ({found[0].fix})")
+    return sources, destination
 
 
 def check_destination(destination: Path) -> None:

@@ -148,6 +148,18 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
+def age_listing(archive: Path, identity: Path) -> list[str]:
+    """`age -d -i KEY F | zstd -d | tar -t` with Debian's tools."""
+    out = subprocess.run(
+        f"age -d -i '{identity}' '{archive}' | zstd -d | tar -t",
+        shell=True,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [line.rstrip("/") for line in out.splitlines()]
+
+
 def member(path: Path) -> str:
     """The name under which the archive stores an absolute path."""
     return str(path).lstrip("/")

@@ -20,26 +20,16 @@ import pytest
 from tests.integration.archive_helpers import (
     PREFIX,
     Setup,
+    age_listing,
     fill_random,
     make_setup,
     member,
     wait_for,
 )
 from usbagent import naming
-from usbagent.archive import _check_tar, tar_command
+from usbagent.archive import _check_tar
 from usbagent.errors import UsbagentError
-
-
-def age_listing(archive: Path, identity: Path) -> list[str]:
-    """`age -d -i KEY F | zstd -d | tar -t` with Debian's tools."""
-    out = subprocess.run(
-        f"age -d -i '{identity}' '{archive}' | zstd -d | tar -t",
-        shell=True,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return [line.rstrip("/") for line in out.splitlines()]
+from usbagent.selection import Source, tar_command
 
 
 def need_root() -> None:
@@ -53,7 +43,8 @@ def need_root() -> None:
 
 
 def test_tar_command_stores_relative_names_and_excludes_the_destination() -> None:
-    cmd = tar_command("tar", (Path("/data"), Path("/etc/x")), ("*.tmp",), Path("/data/bk[1]"))
+    sources = (Source(Path("/data"), Path("/data")), Source(Path("/etc/x"), Path("/etc/x")))
+    cmd = tar_command("tar", sources, ("*.tmp",), Path("/data/bk[1]"))
     assert cmd[-3:] == ["--", "data", "etc/x"]
     assert "--directory=/" in cmd
     # the destination: anchored, literal (no glob), before the user's patterns

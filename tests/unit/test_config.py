@@ -257,3 +257,24 @@ def test_the_prefix_rule_is_the_archive_name_rule(tmp_path: Path) -> None:
             ]
             accepted = False
         assert accepted == found, repr(char)
+
+
+def test_absolute_excludes_are_normalised_and_must_lie_in_a_source(tmp_path: Path) -> None:
+    text = (
+        '[archive]\nsources = ["/srv/data", "/"]\n'
+        'exclude = ["/srv//data/cache/", "*.tmp", "/proc", "/srv/data/*/tmp"]\n'
+    )
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.archive.exclude == ("/srv/data/cache", "*.tmp", "/proc", "/srv/data/*/tmp")
+    problems = problems_of(
+        tmp_path, '[archive]\nsources = ["/srv/data"]\nexclude = ["/srv/database", "/srv/d*"]\n'
+    )
+    assert [p.split(" (")[0] for p in problems] == [
+        "archive.exclude: /srv/database is not inside any of archive.sources",
+        "archive.exclude: /srv/d* is not inside any of archive.sources",
+    ]
+
+
+def test_a_bad_sources_key_is_not_reported_again_as_a_bad_exclude(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, '[archive]\nsources = ["rel"]\nexclude = ["/srv/x"]\n')
+    assert problems == ["archive.sources: must be an absolute path, got 'rel'"]
