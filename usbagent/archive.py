@@ -254,23 +254,65 @@ def _hollow(counts: tuple[SourceCount, ...], sources: tuple[selection.Source, ..
     return out
 
 
-def write_archive(
-    config: Config, ready: preflight.Ready, final: Path
-) -> tuple[int, str, tuple[str, ...], tuple[SourceCount, ...]]:
-    """tar -> zstd -> age into `final` atomically; (size, sha256 hex, tar warnings, counts)."""
-    exclude = config.archive.exclude
-    cmd = selection.tar_command(ready.tar, ready.sources, exclude, ready.destination)
-    tally = Tally([(str(s.named), s.member) for s in ready.sources])
-    log.debug("running %s", " ".join(cmd))
-    with tempfile.TemporaryFile() as errors:
+@contextlib.contextmanager
+def _tar(
+    cmd: list[str], errors: IO[bytes]
+) -> Iterator[tuple[subprocess.Popen[bytes], io.BufferedReader]]:
+    """GNU tar writing to a pipe; killed and reaped however the block ends."""
+    try:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors
         )
-        stdout = cast(io.BufferedReader, proc.stdout)  # Popen's default: buffered
-        with contextlib.suppress(OSError):  # let tar run ahead of us: 1 MiB instead of 64 KiB
-            fcntl.fcntl(stdout.fileno(), fcntl.F_SETPIPE_SZ, 1024 * 1024)
+    except OSError as exc:
+        raise UsbagentError(f"cannot start {cmd[0]}: {exc.strerror or exc}") from None
+    stdout = cast(io.BufferedReader, proc.stdout)  # Popen's default: buffered
+    with contextlib.suppress(OSError):  # let tar run ahead of us: 1 MiB instead of 64 KiB
+        fcntl.fcntl(stdout.fileno(), fcntl.F_SETPIPE_SZ, 1024 * 1024)
+    try:
+        yield proc, stdout
+    finally:
+        stdout.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _check_contents(tally: Tally, sources: tuple[selection.Source, ...]) -> tuple[SourceCount, ...]:
+    """The counts, unless the archive lacks a source or holds itself (then UsbagentError)."""
+    if tally.own is not None:
+        where = Path("/", tally.own).parent
+        raise UsbagentError(
+            f"the archive would contain itself: tar reached the destination as {where} (a bind "
+            "mount, or another path that does not resolve to it); exclude that path with "
+            "archive.exclude, or move archive.destination; no archive was kept"
+        )
+    counts = tally.counts()
+    hollow = _hollow(counts, sources)
+    if hollow:
+        raise UsbagentError(
+            f"source {', '.join(hollow)} yielded nothing although it is not empty (all of it "
+            "excluded by archive.exclude?); no archive was kept"
+        )
+    return counts
+
+
+def write_archive(
+    config: Config, ready: preflight.Ready, final: Path
+) -> tuple[int, str, tuple[str, ...], tuple[SourceCount, ...]]:
+    """tar -> zstd -> age into `final` atomically; (size, sha256 hex, tar warnings, counts).
+
+    The partial file exists before tar starts, so a tar that reaches the destination by a
+    path no resolving could foresee meets it (Tally.own) and the run fails. Every check on
+    the contents raises inside the writer: the partial goes, nothing gets the final name.
+    """
+    exclude = config.archive.exclude
+    cmd = selection.tar_command(ready.tar, ready.sources, exclude, ready.destination)
+    own = final.name + naming.PARTIAL
+    tally = Tally([(str(s.named), s.member) for s in ready.sources], own)
+    log.debug("running %s", " ".join(cmd))
+    with tempfile.TemporaryFile() as errors:
         try:
-            with atomic_writer(final, ARCHIVE_MODE) as f:
+            with atomic_writer(final, ARCHIVE_MODE) as f, _tar(cmd, errors) as (proc, stdout):
                 reader = _CompressedTar(stdout, config.archive.compression_level, tally)
                 writer = _HashingWriter(f)
                 try:
@@ -278,21 +320,11 @@ def write_archive(
                 except pyrage.EncryptError as exc:
                     raise _stream_failure(exc, reader.error, writer.error) from exc
                 warnings = _check_tar(proc.wait(), _tar_messages(errors))
-                counts = tally.counts()
-                hollow = _hollow(counts, ready.sources)
-                if hollow:  # raised inside the writer: the partial goes, no final name
-                    raise UsbagentError(
-                        f"source {', '.join(hollow)} yielded nothing although it is not "
-                        "empty (all of it excluded by archive.exclude?); no archive was kept"
-                    )
+                counts = _check_contents(tally, ready.sources)
         except OSError as exc:  # ENOSPC, EIO from write or fsync: name the file and the cause
-            partial = f"{final}{naming.PARTIAL}"
-            raise UsbagentError(f"writing {partial} failed: {exc.strerror or exc}") from exc
-        finally:
-            stdout.close()
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+            raise UsbagentError(
+                f"writing {final.parent / own} failed: {exc.strerror or exc}"
+            ) from exc
     return writer.size, writer.sha256.hexdigest(), warnings, counts
 
 

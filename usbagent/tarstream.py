@@ -58,10 +58,12 @@ class Tally:
     """Feed it tar's output in any pieces; `counts()` then says what each source yielded.
 
     `roots` are the sources' paths (as named) and their member names in the archive; a
-    member belongs to the root it equals or lies under (sources never overlap).
+    member belongs to the root it equals or lies under (sources never overlap). `own` is the
+    file name of the archive being written: a member of that name (`self.own`) means tar
+    reached the destination, by whatever path, and the archive would contain itself.
     """
 
-    def __init__(self, roots: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, roots: Sequence[tuple[str, str]], own: str) -> None:
         self._paths = [path for path, _ in roots]
         self._roots = [name.encode("utf-8", "surrogateescape") for _, name in roots]
         self._prefixes = [root + b"/" for root in self._roots]
@@ -73,6 +75,8 @@ class Tally:
         self._collect = 0  # of those, bytes that are a long name to keep
         self._long = bytearray()
         self._long_name: bytes | None = None  # the name for the next member
+        self._own = b"/" + own.encode("utf-8", "surrogateescape")
+        self.own: str | None = None  # the member name it was stored under
 
     def feed(self, data: memoryview) -> None:
         pos, end = 0, len(data)
@@ -122,6 +126,8 @@ class Tally:
             return
         name = self._long_name or block[:100].split(b"\0", 1)[0]
         self._long_name = None
+        if name.endswith(self._own) and self.own is None:
+            self.own = name.decode("utf-8", "surrogateescape")
         for i, prefix in enumerate(self._prefixes):
             if name.startswith(prefix) or name == self._roots[i] or name == prefix:
                 self._members[i] += 1

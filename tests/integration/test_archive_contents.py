@@ -6,6 +6,7 @@ Real files, the real GNU tar and the real CLI (exit status, stderr, the recorded
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,13 @@ from tests.integration.archive_helpers import (
     write_config,
 )
 from usbagent.selection import Source, tar_command
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("this test bind-mounts a folder and needs root", pytrace=False)
+        pytest.skip("a bind mount needs root")
 
 
 def data_tree(root: Path) -> dict[str, int]:
@@ -241,6 +249,39 @@ def test_the_source_root_excludes_the_destination_under_its_dot_names(tmp_path: 
         "./var/lib/",
         "./var/lib/x",
     ]
+
+
+def test_a_destination_reached_by_a_bind_mount_fails_the_run_and_keeps_nothing(
+    tmp_path: Path,
+) -> None:
+    """A path that resolves elsewhere but is the destination: tar meets the partial itself."""
+    need_root()
+    s = make_setup(tmp_path)
+    older = s.cli("archive")  # an archive from before the bind mount
+    assert older.returncode == 0, older.stderr
+    before = s.files()
+    view = s.source / "view"
+    view.mkdir()
+    subprocess.run(["mount", "--bind", str(s.destination), str(view)], check=True)
+    try:
+        proc = s.cli("archive")
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"usbagent archive: the archive would contain itself: tar reached the destination as "
+        f"{view} (a bind mount, or another path that does not resolve to it); exclude that "
+        "path with archive.exclude, or move archive.destination; no archive was kept"
+    )
+    assert s.files() == before  # the older archive stays; nothing new, no partial
+    rewrite(s, exclude=[str(view)])  # the fix it names works
+    subprocess.run(["mount", "--bind", str(s.destination), str(view)], check=True)
+    try:
+        fixed = s.cli("archive")
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+    assert fixed.returncode == 0, fixed.stderr
+    assert not [n for n in age_listing(newest(s), s.identity) if "view/" in n]
 
 
 # --- 8: absolute exclude patterns ------------------------------------------------------

@@ -46,18 +46,29 @@ def expected(stream: bytes, roots: list[str]) -> list[SourceCount]:
 @pytest.mark.parametrize("piece", [1, 7, 511, 512, 513, 4096, 1 << 20])
 def test_counts_match_tarfile_whatever_the_piece_size(tree: Path, piece: int) -> None:
     stream = gnu_tar(tree, "a", "b")
-    tally = Tally([("a", "a"), ("b", "b")])
+    tally = Tally([("a", "a"), ("b", "b")], "x.partial")
     view = memoryview(stream)
     for start in range(0, len(stream), piece):
         tally.feed(view[start : start + piece])
     counts = list(tally.counts())
     assert counts == expected(stream, ["a", "b"])
     assert counts == [SourceCount("a", 7, 70_000), SourceCount("b", 2, 513)]
+    assert tally.own is None
+
+
+def test_the_archive_being_written_is_noticed_under_any_name(tree: Path) -> None:
+    own = "host-20261201T000000Z.tar.zst.age.partial"
+    (tree / "b" / "sub").mkdir()
+    (tree / "b" / "sub" / own).write_bytes(b"")
+    (tree / "b" / ("x" + own)).write_bytes(b"")  # a longer name ending the same: not it
+    tally = Tally([("b", "b")], own)
+    tally.feed(memoryview(gnu_tar(tree, "b")))
+    assert tally.own == f"b/sub/{own}"
 
 
 def test_the_root_folder_counts_its_dot_names(tree: Path) -> None:
     stream = gnu_tar(tree / "b", ".")
-    tally = Tally([("/", ".")])
+    tally = Tally([("/", ".")], "x.partial")
     tally.feed(memoryview(stream))
     assert tally.counts() == (SourceCount("/", 2, 513),)
 
@@ -66,7 +77,7 @@ def test_anything_but_a_gnu_tar_stream_fails_loudly(tree: Path) -> None:
     stream = bytearray(gnu_tar(tree, "b"))
     stream[257:263] = b"xxxxxx"  # the first header's magic
     with pytest.raises(TarStreamError, match="no GNU tar header at byte 0"):
-        Tally([("b", "b")]).feed(memoryview(bytes(stream)))
+        Tally([("b", "b")], "x.partial").feed(memoryview(bytes(stream)))
 
 
 def test_sizes_beyond_octal_use_base_256() -> None:
