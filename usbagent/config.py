@@ -249,15 +249,25 @@ def _exclude_list(v: Any) -> tuple[str, ...]:
 
 
 def _excludes_outside_sources(values: Mapping[str, Any]) -> list[str]:
-    """Absolute exclude patterns that name no path under a source (they would do nothing)."""
+    """Absolute exclude patterns that would do nothing, or exclude a whole source."""
     sources = values.get("sources", ArchiveConfig.sources)
-    exclude = values.get("exclude", ())
-    return [
-        f"archive.exclude: {p} is not inside any of archive.sources (an absolute pattern "
-        "names a path under a source, as written there; a relative one matches anywhere)"
-        for p in exclude
-        if p.startswith("/") and selection.source_of(p, sources) is None
-    ]
+    problems = []
+    for p in values.get("exclude", ()):
+        if not p.startswith("/"):
+            continue
+        source = selection.source_of(p, sources)
+        if source is None:
+            problems.append(
+                f"archive.exclude: {p} is not inside any of archive.sources (an absolute "
+                "pattern names a path under a source, as written there; a relative one "
+                "matches anywhere)"
+            )
+        elif source == Path(p):
+            problems.append(
+                f"archive.exclude: {p} is a source itself and would leave nothing of it "
+                "(remove it from archive.sources instead)"
+            )
+    return problems
 
 
 def _directory_name(v: Any) -> str:

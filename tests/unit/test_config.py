@@ -267,11 +267,14 @@ def test_absolute_excludes_are_normalised_and_must_lie_in_a_source(tmp_path: Pat
     cfg = config.load(write(tmp_path, text))
     assert cfg.archive.exclude == ("/srv/data/cache", "*.tmp", "/proc", "/srv/data/*/tmp")
     problems = problems_of(
-        tmp_path, '[archive]\nsources = ["/srv/data"]\nexclude = ["/srv/database", "/srv/d*"]\n'
+        tmp_path,
+        '[archive]\nsources = ["/srv/data"]\n'
+        'exclude = ["/srv/database", "/srv/d*", "/srv/data/", "data"]\n',
     )
     assert [p.split(" (")[0] for p in problems] == [
         "archive.exclude: /srv/database is not inside any of archive.sources",
         "archive.exclude: /srv/d* is not inside any of archive.sources",
+        "archive.exclude: /srv/data is a source itself and would leave nothing of it",
     ]
 
 
