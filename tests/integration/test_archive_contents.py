@@ -6,6 +6,7 @@ Real files, the real GNU tar and the real CLI (exit status, stderr, the recorded
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -171,6 +172,10 @@ def test_a_source_in_the_destination_is_refused_by_archive_and_doctor(
     assert s.files() == before  # nothing written
     assert s.last()["ok"] is False
     assert doctor_lines(s) == [f"PROBLEM  sources: {message}. Fix: {fix}"]
+    status = s.cli("status", "--json")  # what monitoring sees before the next night
+    assert status.returncode == 2
+    (next_run,) = [c for c in json.loads(status.stdout)["checks"] if c["name"] == "next-run"]
+    assert next_run["state"] == "CRITICAL" and f"{message} ({fix})" in next_run["message"]
 
 
 def test_overlapping_sources_are_refused(tmp_path: Path) -> None:
