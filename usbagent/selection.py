@@ -65,15 +65,11 @@ def resolve(sources: tuple[Path, ...]) -> tuple[Source, ...]:
     return tuple(Source(named=s, real=s.resolve(strict=True)) for s in sources)
 
 
-def _inside(path: PurePath, folder: PurePath) -> bool:
-    return path == folder or path.is_relative_to(folder)
-
-
 def problems(sources: tuple[Source, ...], destination: Path) -> list[Problem]:
     """Why these (resolved) sources cannot be archived into the (resolved) destination."""
     out = []
     for s in sources:
-        if _inside(s.real, destination):
+        if s.real.is_relative_to(destination):
             where = "is" if s.real == destination else "is inside"
             real = "" if s.real == s.named else f" (that is {s.real})"
             out.append(
@@ -84,8 +80,8 @@ def problems(sources: tuple[Source, ...], destination: Path) -> list[Problem]:
                 )
             )
     for a, b in itertools.combinations(sources, 2):
-        if _inside(b.real, a.real) or _inside(a.real, b.real):
-            outer, inner = (a, b) if _inside(b.real, a.real) else (b, a)
+        if b.real.is_relative_to(a.real) or a.real.is_relative_to(b.real):
+            outer, inner = (a, b) if b.real.is_relative_to(a.real) else (b, a)
             how = f"overlap ({inner.real} is inside {outer.real})"
             if a.real == b.real:
                 how = f"are the same folder ({a.real})"
@@ -148,7 +144,7 @@ def tar_command(
     """
     cmd = [tar, "--create", "--file=-", "--directory=/", "--format=gnu", "--sort=name"]
     cmd.append("--no-unquote")  # a source named with '\\' is that name, not an escape
-    holders = [s for s in sources if _inside(destination, s.real)]
+    holders = [s for s in sources if destination.is_relative_to(s.real)]
     if holders:  # anchored and literal: exactly the destination, whatever its name contains
         cmd += ["--anchored", "--no-wildcards"]
         cmd += [f"--exclude={_tar_name(s, destination.relative_to(s.real))}" for s in holders]
