@@ -219,9 +219,13 @@ def _labels(v: Any) -> tuple[str, ...]:
     return labels
 
 
-def _path_list(v: Any) -> tuple[Path, ...]:
-    items = _str_list(nonempty=True)(v)
-    return tuple(_abs_path(s) for s in items)
+def _source_list(v: Any) -> tuple[Path, ...]:
+    """Absolute paths; a source is stored under its name, which a '..' would make unsafe."""
+    paths = tuple(_abs_path(s) for s in _str_list(nonempty=True)(v))
+    climbing = [str(p) for p in paths if ".." in p.parts]
+    if climbing:
+        raise ValueError(f"{climbing[0]!r} has a '..' component; write the path it means")
+    return paths
 
 
 def _prefix(v: Any) -> str:
@@ -312,7 +316,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
     "archive": (
         ArchiveConfig,
         {
-            "sources": _path_list,
+            "sources": _source_list,
             "exclude": _exclude_list,
             "destination": _unit_path,
             "recipients_file": _abs_path,

@@ -81,6 +81,10 @@ def test_unknown_section_is_named(tmp_path: Path) -> None:
         ),
         ('[archive]\nsources = ["data"]', "archive.sources: must be an absolute path"),
         ("[archive]\nsources = []", "archive.sources: must not be empty"),
+        (
+            '[archive]\nsources = ["/srv/x/../data"]',
+            "archive.sources: '/srv/x/../data' has a '..' component; write the path it means",
+        ),
         ('[archive]\nprefix = "a b"', "archive.prefix: may contain only"),
         ('[usb]\nbackend = "hal"', "usb.backend: must be one of auto, udisks2, udev"),
         ('[usb]\ndirectory = "a/b"', "usb.directory: must be a single folder name"),
