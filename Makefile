@@ -39,8 +39,7 @@ $(STAMP): pyproject.toml
 # On a machine without systemd as PID 1 nothing runs udevd/UDisks2: bring up what is missing
 # for the demo's loop-device stick, and stop afterwards only what was started here.
 demo: deps
-	$(BIN)/python -m tests.stack up
-	$(BIN)/usbagent demo; status=$$?; $(BIN)/python -m tests.stack down; exit $$status
+	$(BIN)/python -m tests.stack run -- $(BIN)/usbagent demo
 
 lint: deps
 	$(BIN)/ruff check usbagent tests bench

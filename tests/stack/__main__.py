@@ -1,13 +1,16 @@
-"""`python -m tests.stack up|down|status|clean`: the device test stack for a developer's shell.
+"""`python -m tests.stack up|down|status|clean|run`: the device test stack for a shell.
 
 `up` starts whichever daemons are not answering and remembers what it started in
 /run/usbagent-stack/started.json; `down` stops exactly those; `status` says what answers
-and which loop devices belong to test stacks; `clean` removes what killed test runs left.
+and which loop devices belong to test stacks; `clean` removes what killed test runs left;
+`run -- CMD` starts what is missing, runs CMD and stops only what it started itself, so a
+stack someone brought up with `up` (or a real one) stays as it was (`make demo` uses it).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,13 +63,28 @@ def _report_cleaned(cleaned: list[str]) -> None:
         print(f"removed leftover of a killed run: {item}")
 
 
+def run(log_dir: Path, argv: Sequence[str]) -> int:
+    """CMD's exit status, with the stack answering while it runs."""
+    _report_cleaned(clean_leftovers())
+    stack = Stack(log_dir=log_dir).start()
+    try:
+        return subprocess.run(argv, check=False).returncode
+    finally:
+        stack.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.stack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "clean"])
+    parser.add_argument("command", choices=["up", "down", "status", "clean", "run"])
     parser.add_argument("--log-dir", type=Path, default=DEFAULT_LOG_DIR)
+    parser.add_argument("argv", nargs="*", help="with run: the command to run")
     args = parser.parse_args(argv)
-    command = {"up": up, "down": down, "status": status, "clean": clean}[args.command]
+    if (args.command == "run") != bool(args.argv):
+        parser.error("a command goes with `run -- CMD`, and only with it")
     try:
+        if args.command == "run":
+            return run(args.log_dir, args.argv)
+        command = {"up": up, "down": down, "status": status, "clean": clean}[args.command]
         return command(args.log_dir)
     except StackError as e:
         print(f"python -m tests.stack {args.command}: {e}", file=sys.stderr)
