@@ -130,7 +130,8 @@ class CorruptLocal:
 
     path: Path
     sha256: str  # what the file holds
-    expected: str  # what its sidecar says
+    expected: str  # what its sidecar says, or (by_record) what its run recorded
+    by_record: bool = False  # the sidecar matches the file, but the run wrote another
 
 
 def unrecorded(config: Config, local: list[LocalArchive]) -> tuple[str, ...]:
@@ -147,6 +148,18 @@ def unrecorded(config: Config, local: list[LocalArchive]) -> tuple[str, ...]:
         return ()
     parsed = ((a.name, naming.parse(a.name)) for a in local)
     return tuple(n for n, p in parsed if p is not None and not record.knows(p))
+
+
+def recorded_sha256(config: Config) -> dict[str, str]:
+    """Archive name -> the sha256 its run recorded. A sidecar can be rewritten to match a
+    damaged file (`sha256sum F > F.sha256`); the state dir's record cannot be, by accident."""
+    try:
+        history = state.events(config.agent.state_dir)
+        known = state.archives(config.agent.state_dir, history)
+    except OSError as exc:
+        log.warning("cannot read the history in %s: %s", config.agent.state_dir, exc)
+        return {}
+    return {name: r.sha256 for name, r in known.items()}
 
 
 def local_sha256(path: Path, cancel: threading.Event) -> str:
@@ -366,6 +379,7 @@ def _plan(
     exclude = {f.name for f in run.audit.foreign if f.why == "differs" and f.name in names}
     exclude.update(run.unrecorded)
     checked: set[str] = set()
+    recorded = recorded_sha256(config)
     while True:
         plan = plan_sync(
             local,
@@ -388,6 +402,11 @@ def _plan(
             if digest != archive.sha256:
                 log.error("%s does not match its sidecar; not copied", path)
                 run.corrupt_local.append(CorruptLocal(path, digest, archive.sha256))
+                exclude.add(archive.name)
+            elif digest != recorded.get(archive.name, digest):
+                log.error("%s is not what its run wrote (sha256 differs); not copied", path)
+                bad = CorruptLocal(path, digest, recorded[archive.name], by_record=True)
+                run.corrupt_local.append(bad)
                 exclude.add(archive.name)
 
 
@@ -481,9 +500,10 @@ def _problem(run: _Run, config: Config, have_local: bool) -> str | None:
     if run.corrupt_local:
         bad = run.corrupt_local[0]
         more = f" (and {len(run.corrupt_local) - 1} more)" if len(run.corrupt_local) > 1 else ""
+        says = "the run that wrote it recorded" if bad.by_record else "its sidecar says"
         return (
             f"the local archive {bad.path}{more} is corrupt on this host: its sha256 is "
-            f"{bad.sha256}, its sidecar says {bad.expected}; nothing was copied for it. The "
+            f"{bad.sha256}, {says} {bad.expected}; nothing was copied for it. The "
             f"stick is not at fault: check the disk holding {config.archive.destination}, "
             "then delete that archive and its .sha256 and run `usbagent archive`"
         )

@@ -488,3 +488,34 @@ def test_a_corrupt_copy_is_kept_when_the_local_archive_to_replace_it_is_corrupt_
     assert not outcome.ok and "corrupt on this host" in outcome.summary, outcome.summary
     assert archive.name in stick_files(mount)  # damaged twice over: the stick's copy stays
     assert outcome.details["replaced"] == []
+
+
+def test_a_local_archive_changed_since_its_run_is_not_copied_though_its_sidecar_matches(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    """Bit rot plus a rewritten sidecar (`sha256sum F > F.sha256`): the sidecar agrees with
+    the damaged file, but the state dir holds the sha256 its run wrote. Copying it would
+    push the good older copy off the stick (keep = 1) for an archive that cannot decrypt."""
+    config = sync_config(tmp_path, unique_label, keep=1)
+    dest = config.archive.destination
+    old = make_archive(dest, 1, MIB)
+    new = make_archive(dest, 2, MIB)
+    for made in (old, new):
+        details = {"archive": made.name, "size": made.size, "sha256": made.sha256}
+        state.record(config.agent, Outcome("archive", True, "written", details=details))
+    mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
+    (dest / new.name).rename(dest / "held")
+    toml = write_toml(config, tmp_path / "c.toml")
+    assert usbagent(toml, "sync", str(mount)).returncode == 0
+    (dest / "held").rename(dest / new.name)
+    _corrupt_local(dest / new.name, MIB // 2)
+    rewritten = sha256_file(dest / new.name)
+    (dest / (new.name + naming.SIDECAR)).write_text(f"{rewritten}  {new.name}\n")
+
+    r = usbagent(toml, "sync", str(mount))
+
+    assert r.returncode == 1, r.stdout
+    assert f"the local archive {dest / new.name} is corrupt on this host" in r.stderr, r.stderr
+    assert new.sha256 in r.stderr  # what its run recorded, not what the new sidecar says
+    assert stick_files(mount) == with_sidecars(old.name)
+    assert sha256_file(mount / "usbagent" / old.name) == old.sha256
