@@ -199,7 +199,12 @@ def check_space(config: Config, partials: list[Path], walk_sources: bool = True)
     st = os.statvfs(destination)
     free = st.f_bavail * st.f_frsize + sum(p.stat().st_size for p in partials)
     if free < need:
-        basis = "1.25 x the newest archive" if newest is not None else "half the sources' size"
+        if need == MIN_FREE:  # the rule asked for less (or status did not walk the sources)
+            basis = "the least usbagent starts an archive with"
+        elif newest is not None:
+            basis = "1.25 x the newest archive"
+        else:
+            basis = "half the sources' size"
         raise UsbagentError(
             f"destination {destination} has {human_bytes(free)} free, the next archive needs about "
             f"{human_bytes(need)} ({basis}); free some space or move archive.destination"

@@ -136,6 +136,20 @@ def test_not_enough_space_on_first_run(tmp_path: Path) -> None:
     assert "free, the next archive needs about 10.0 MiB (half the sources' size)" in message
 
 
+def test_the_floor_is_not_passed_off_as_half_the_sources(tmp_path: Path) -> None:
+    """1 MiB of sources needs 0.5 MiB by the rule, but the 1 MiB floor is what is asked:
+    the message must say so, not claim half the sources' size (status never walks them)."""
+    need_root()
+    with tmpfs(tmp_path / "small", "size=512k") as small:
+        cfg = setup(tmp_path, destination=small, data_mib=1)
+        for walk in (True, False):
+            with pytest.raises(UsbagentError) as info:
+                preflight.check(cfg, walk_sources=walk)
+            message = str(info.value)
+            assert "the next archive needs about 1.0 MiB (the least" in message, message
+            assert "half the sources" not in message
+
+
 def test_space_is_judged_by_the_newest_archive_and_stale_partials_count_as_free(
     tmp_path: Path,
 ) -> None:
