@@ -16,6 +16,9 @@ import filecmp
 import json
 import os
 import random
+import shlex
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -199,15 +202,28 @@ def serve_stick(demo: Demo) -> str:
 STEPS.append(Step("stick", serve_stick))
 
 
+def _program() -> str:
+    """How to run this usbagent from the user's shell: `make demo` runs it from .venv/bin,
+    which is not on PATH, so a bare `usbagent` would be "command not found" there."""
+    script = Path(sys.executable).parent / "usbagent"
+    on_path = shutil.which("usbagent")
+    if on_path is not None and script.exists() and Path(on_path).samefile(script):
+        return "usbagent"
+    if script.exists():
+        return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(sys.executable)} -m usbagent"
+
+
 def _try_it(demo: Demo) -> list[str]:
     cfg = demo.need_config()
+    usbagent = _program()
     return [
         "Try it yourself:",
         f"  age -d -i {demo.identity} {demo.archive} | zstd -d | tar -tv",
         f"  (cd {cfg.archive.destination} && sha256sum -c *.sha256)",
-        f"  usbagent --config {cfg.path} verify {cfg.archive.destination} "
+        f"  {usbagent} --config {cfg.path} verify {cfg.archive.destination} "
         f"--identity {demo.identity}",
-        f"  usbagent --config {cfg.path} status",
+        f"  {usbagent} --config {cfg.path} status",
         f"When done: rm -rf {demo.root}",
     ]
 
