@@ -87,7 +87,8 @@ class Config:
 
 
 def _safe_hostname() -> str:
-    return naming.safe_prefix(socket.gethostname().split(".")[0] or "backup")
+    prefix = naming.safe_prefix(socket.gethostname().split(".")[0]).lstrip("-.")
+    return prefix or "backup"  # no leading '-' or '.': see _prefix
 
 
 # --- rules shared with `install` ----------------------------------------------------------
@@ -233,6 +234,11 @@ def _prefix(v: Any) -> str:
         raise ValueError("must be a string")
     if v and not naming.valid_prefix(v):  # else its archives would never be found again
         raise ValueError(f"may contain only {naming.PREFIX_CHARS}, got {v!r}")
+    if v[:1] in ("-", "."):
+        raise ValueError(
+            f"must start with a letter or digit, got {v!r} (an archive name starting with '-' "
+            "reads as an option to age and sha256sum; one starting with '.' is hidden)"
+        )
     return v
 
 

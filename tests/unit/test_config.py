@@ -244,6 +244,22 @@ def test_a_label_install_would_refuse_stops_doctor_and_install_at_the_config(
         assert not (tmp_path / "root").exists()
 
 
+@pytest.mark.parametrize("prefix", ["-x", "--", ".x", ".."])
+def test_a_prefix_must_start_with_a_letter_or_digit(tmp_path: Path, prefix: str) -> None:
+    """'--20261201T000000Z.tar.zst.age' reads as an option to `age -d` and `sha256sum -c`
+    (the commands README gives for the stick); '..-2026….tar.zst.age' is hidden from `ls`."""
+    (problem,) = problems_of(tmp_path, f'[archive]\nprefix = "{prefix}"\n')
+    assert problem.startswith("archive.prefix: must start with a letter or digit"), problem
+
+
+def test_the_host_name_default_starts_with_a_letter_or_digit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config.socket, "gethostname", lambda: "\u00fcber.example")
+    prefix = config.load(write(tmp_path, "")).archive_prefix
+    assert prefix == "ber", prefix
+
+
 def test_the_prefix_rule_is_the_archive_name_rule(tmp_path: Path) -> None:
     """A prefix the config accepts names archives that status, retention and sync find."""
     when = datetime(2026, 11, 26, tzinfo=UTC)
