@@ -392,15 +392,29 @@ def check_archive(
     )
 
 
-def check_archive_files(archives: tuple[ArchiveFile, ...], destination: Path) -> Check:
+def check_archive_files(
+    archives: tuple[ArchiveFile, ...], destination: Path, last_written: Outcome | None = None
+) -> Check:
     """Files with archive names that are not the archives their runs recorded.
 
-    The newest recorded archive failing its record is CRITICAL (the newest backup is gone,
+    The newest recorded archive failing its record, or the one the last good run
+    (`last_written`) wrote missing altogether, is CRITICAL (the newest backup is gone,
     whatever is older); an older one failing, or a file no run recorded that is newer than
     the newest good archive (it would pass for the newest backup by its name), is a WARNING.
     """
     name = "archive-files"
     fix = f"run `usbagent archive` now, and `usbagent verify {destination}`"
+    newest_written = last_written.details.get("archive") if last_written else None
+    present = {a.name for a in archives}
+    if last_written and isinstance(newest_written, str) and newest_written not in present:
+        return Check(
+            name,
+            CRITICAL,
+            f"newest archive {newest_written}, written by the run at {when(last_written.time)}, "
+            f"is gone from {destination}: the newest backup is lost; run `usbagent archive` "
+            "now, and find out what removed it (or, if archive.destination or archive.prefix "
+            "changed since, the next run clears this)",
+        )
     newest_recorded = next((a for a in archives if a.record is not None), None)
     if newest_recorded is not None and (problem := archive_problem(newest_recorded)):
         return Check(
@@ -686,7 +700,7 @@ def evaluate(facts: Facts, config: Config, now: datetime) -> list[Check]:
             now,
             _timer_active(facts.units),
         ),
-        check_archive_files(facts.archives, facts.destination),
+        check_archive_files(facts.archives, facts.destination, facts.last_ok.get("archive")),
         check_next_run(facts.next_run_problem),
         check_archive_job(facts),
         check_timer(facts.units, facts.systemd_problem),

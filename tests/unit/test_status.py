@@ -391,6 +391,21 @@ def test_newest_recorded_archive_that_fails_its_record_is_critical(
     assert older["archive-files"].state == WARNING
 
 
+def test_the_archive_the_last_good_run_wrote_gone_from_the_destination_is_critical() -> None:
+    """Deleted after the run (rm, a cleanup script): the older archives still look fresh,
+    but the newest backup is gone, and status must not stay OK over it."""
+    gone = naming.make("host", hours_ago(1)).filename
+    wrote = outcome("archive", True, hours_ago(1) + timedelta(minutes=5), archive=gone)
+    facts = replace(healthy(), last={"archive": wrote}, last_ok={"archive": wrote})
+    checks = checks_of(facts)
+    assert checks["archive-files"].state == CRITICAL
+    message = checks["archive-files"].message
+    assert message.startswith(f"newest archive {gone}, written by the run at "), message
+    assert "is gone from /data/backups" in message and "usbagent archive" in message
+    present = replace(facts, archives=(made(hours_ago(1)), *healthy().archives))
+    assert checks_of(present)["archive-files"].state == OK
+
+
 def test_known_archives_come_from_the_journal_and_from_successful_outcomes() -> None:
     def details(name: str, size: int = 5) -> dict[str, object]:
         return {"archive": name, "size": size, "sha256": DIGEST}
