@@ -22,6 +22,7 @@ from typing import Literal
 
 from usbagent import naming
 from usbagent.naming import in_future
+from usbagent.units import human_bytes
 
 # Room kept back per file copied: the sidecar, block rounding and directory growth. Small
 # next to any archive, but enough that a plan that "just fits" does not end in ENOSPC.
@@ -260,9 +261,11 @@ def plan_sync(
     needed = bytes_to_copy + margin(len(copy))
     if copy and free_bytes + released < needed:
         return Refusal(
-            f"not enough space: {len(copy)} archive(s) need {needed} bytes "
-            f"({bytes_to_copy} + {needed - bytes_to_copy} margin), the stick has {free_bytes} "
-            f"bytes free and pruning old copies would release {released} more"
+            f"not enough space: {len(copy)} archive(s) need {human_bytes(needed)} "
+            f"({human_bytes(bytes_to_copy)} + {human_bytes(needed - bytes_to_copy)} margin), "
+            f"the stick has {human_bytes(free_bytes)} free and pruning old copies would "
+            f"release {human_bytes(released)} more; make room on the stick, lower usb.keep, "
+            "or use a bigger one"
         )
     return SyncPlan(copy=copy, prune=prune, bytes_to_copy=bytes_to_copy, future=future)
 

@@ -93,7 +93,7 @@ def test_no_room_even_after_pruning_refuses_and_prunes_nothing(
     outcome = sync(config, mount)
 
     assert outcome.kind == "refused" and not outcome.ok
-    assert "not enough space" in outcome.summary and "bytes free" in outcome.summary
+    assert "not enough space" in outcome.summary and " free and pruning" in outcome.summary
     assert stick_files(mount) == with_sidecars(old.name)
     assert sha256_file(mount / "usbagent" / old.name) == old.sha256
     refused = state.last(config.agent.state_dir, "refused")

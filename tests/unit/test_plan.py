@@ -20,6 +20,7 @@ from usbagent.plan import (
     space_to_free,
     survey,
 )
+from usbagent.units import human_bytes
 
 PREFIX = "host"
 T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
@@ -110,16 +111,18 @@ def test_refused_with_numbers_when_even_after_pruning_it_does_not_fit() -> None:
     assert isinstance(result, SyncPlan)
     result = plan_sync(local(5, 6), stick(1, 2), 0, keep=2, prefix=PREFIX, now=NOW)
     assert isinstance(result, Refusal)
-    assert str(200 * MB + margin(2)) in result.reason  # needed
-    assert "0 bytes free" in result.reason
-    assert str(200 * MB) in result.reason  # released by pruning
+    # In the units every other line uses, and with what to do about it.
+    assert human_bytes(200 * MB + margin(2)) in result.reason  # needed
+    assert "the stick has 0 B free" in result.reason
+    assert f"release {human_bytes(200 * MB)} more" in result.reason  # released by pruning
+    assert result.reason.endswith("; make room on the stick, lower usb.keep, or use a bigger one")
 
 
 def test_never_prunes_below_keep_to_make_room() -> None:
     # keep=3 and the stick holds 2: nothing may be pruned, so the new one must fit as is.
     result = plan_sync(local(1, 2, 3), stick(1, 2), 10 * MB, keep=3, prefix=PREFIX, now=NOW)
     assert isinstance(result, Refusal)
-    assert "release 0 more" in result.reason
+    assert "release 0 B more" in result.reason
 
 
 def test_stick_too_small_for_one_archive_is_refused() -> None:
