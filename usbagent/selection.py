@@ -149,9 +149,10 @@ def tar_command(
         cmd += ["--anchored", "--no-wildcards"]
         cmd += [f"--exclude={_tar_name(s, destination.relative_to(s.real))}" for s in holders]
     anchored = [_anchored_pattern(p, sources) for p in exclude if p.startswith("/")]
-    if anchored:
-        cmd += ["--anchored", "--wildcards", *(f"--exclude={p}" for p in anchored if p)]
-    cmd += ["--no-anchored", "--wildcards"]
+    if anchored:  # '*' stays within one folder, as in the path the user wrote
+        cmd += ["--anchored", "--wildcards", "--no-wildcards-match-slash"]
+        cmd += [f"--exclude={p}" for p in anchored if p]
+    cmd += ["--no-anchored", "--wildcards", "--wildcards-match-slash"]
     cmd += [f"--exclude={p}" for p in exclude if not p.startswith("/")]
     cmd += [_transform(s) for s in sources if s.real != s.named]
     return [*cmd, "--", *(member(s.real) for s in sources)]

@@ -307,6 +307,23 @@ def test_absolute_excludes_are_anchored_under_the_source(tmp_path: Path) -> None
     assert member(src / "keep.txt") in names
 
 
+def test_a_wildcard_in_an_absolute_exclude_stays_within_one_folder(tmp_path: Path) -> None:
+    """`/data/*/cache` names data/X/cache, as the shell would read it: GNU tar's default
+    lets '*' match '/', which also excluded data/a/b/cache and every deeper file quietly."""
+    s = setup_with(tmp_path)
+    src = s.source
+    for name in ("a.log", "sub/b.log", "a/cache/f", "a/b/cache/g"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text("x\n")
+    rewrite(s, exclude=[f"{src}/*.log", f"{src}/*/cache"])
+    proc = s.cli("archive")
+    assert proc.returncode == 0, proc.stderr
+    names = set(age_listing(newest(s), s.identity))
+    assert member(src / "a.log") not in names and member(src / "a" / "cache") not in names
+    assert member(src / "sub" / "b.log") in names
+    assert member(src / "a" / "b" / "cache" / "g") in names
+
+
 def test_absolute_excludes_under_a_symlinked_source_with_glob_characters(
     tmp_path: Path,
 ) -> None:
