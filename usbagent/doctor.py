@@ -29,7 +29,7 @@ from usbagent.backend import UDISKS_NAME
 from usbagent.config import Config
 from usbagent.devices import FAT_MAX_FILE
 from usbagent.errors import UsbagentError
-from usbagent.fsutil import unwritable
+from usbagent.fsutil import special_kind, unwritable
 from usbagent.install import check_executable
 
 UNIT_DIRS_ENV = "USBAGENT_UNIT_DIRS"
@@ -249,6 +249,16 @@ def check_paths(config: Config) -> list[Finding]:
                     False,
                     f"{source} does not exist",
                     f"create it or remove it from archive.sources in {config.path}",
+                )
+            )
+        elif (kind := special_kind(source)) is not None:
+            findings.append(
+                Finding(
+                    "source",
+                    False,
+                    f"{source} is {kind}: tar stores it as a node, not what it holds",
+                    f"name files or folders in archive.sources in {config.path} (for a "
+                    "partition, the folder it is mounted on)",
                 )
             )
     dest = config.archive.destination

@@ -11,6 +11,7 @@ import ctypes
 import errno
 import os
 import pwd
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,23 @@ from typing import BinaryIO
 
 from usbagent import mounts
 from usbagent.naming import PARTIAL
+
+_SPECIAL = (
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_kind(path: Path) -> str | None:
+    """'a block device' etc. when `path` (followed) is neither a file nor a folder: tar
+    archives such a thing as a node, never what it holds. None otherwise, or if it is gone."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    return next((kind for test, kind in _SPECIAL if test(mode)), None)
 
 
 def fsync_dir(path: Path) -> None:

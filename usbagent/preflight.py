@@ -14,6 +14,7 @@ compresses at least 2:1, and incompressible data fails cleanly at ENOSPC, partia
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ import zstandard
 from usbagent import naming, selection
 from usbagent.config import Config
 from usbagent.errors import UsbagentError
-from usbagent.fsutil import unwritable
+from usbagent.fsutil import special_kind, unwritable
 from usbagent.recipients import Recipient, load_recipients
 from usbagent.units import human_bytes
 
@@ -82,14 +83,30 @@ def check(config: Config, walk_sources: bool = True) -> Ready:
 def check_sources(sources: tuple[Path, ...]) -> None:
     for source in sources:
         if source.is_symlink() and not source.exists():
+            looping = _loops(source)
             raise UsbagentError(
-                f"source {source} is a symlink to {source.readlink()}, which does not "
-                "exist (fix the link, or archive.sources)"
+                f"source {source} is a symlink to {source.readlink()}, which "
+                f"{'is a loop of symlinks' if looping else 'does not exist'} (fix the link, "
+                "or archive.sources)"
             )
         if not source.exists():
             raise UsbagentError(f"source {source} does not exist (fix archive.sources)")
+        if (kind := special_kind(source)) is not None:
+            raise UsbagentError(
+                f"source {source} is {kind}: tar stores it as a node, not what it holds "
+                "(name files or folders in archive.sources; for a partition, the folder it is "
+                "mounted on)"
+            )
         if not os.access(source, os.R_OK | (os.X_OK if source.is_dir() else 0)):
             raise UsbagentError(f"source {source} is not readable by this user")
+
+
+def _loops(path: Path) -> bool:
+    try:
+        path.stat()
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def check_layout(config: Config) -> tuple[tuple[selection.Source, ...], Path]:

@@ -75,3 +75,13 @@ def test_identity_path_prefers_a_systemd_credential(tmp_path: Path) -> None:
     assert credentials.identity_path(config, {}) == plain
     assert credentials.identity_path(Config(), env) == creds / "age-identity"
     assert credentials.identity_path(Config(), {}) is None
+
+
+def test_a_source_that_is_a_device_is_a_problem(tmp_path: Path) -> None:
+    config = Config(archive=ArchiveConfig(sources=(Path("/dev/null"),), destination=tmp_path))
+    (finding,) = [f for f in doctor.check_paths(config) if f.name == "source"]
+    assert not finding.ok
+    assert (
+        finding.message
+        == "/dev/null is a character device: tar stores it as a node, not what it holds"
+    )

@@ -103,6 +103,32 @@ def test_source_missing(tmp_path: Path) -> None:
         preflight.check(cfg)
 
 
+@pytest.mark.parametrize(
+    ("name", "kind"), [("fifo", "a FIFO"), ("/dev/null", "a character device")]
+)
+def test_a_source_that_is_a_device_or_fifo_is_refused(tmp_path: Path, name: str, kind: str) -> None:
+    """`sources = ["/dev/sdb1"]` stored the device node and nothing of the partition:
+    a backup that holds nothing, reported as written."""
+    cfg = setup(tmp_path)
+    special = Path(name) if name.startswith("/") else tmp_path / name
+    if not special.exists():
+        os.mkfifo(special)
+    link = tmp_path / "link"
+    link.symlink_to(special)
+    for source in (special, link):
+        cfg = replace(cfg, archive=replace(cfg.archive, sources=(source,)))
+        with pytest.raises(UsbagentError) as info:
+            preflight.check(cfg)
+        assert str(info.value).startswith(f"source {source} is {kind}: tar stores it as"), (
+            info.value
+        )
+    unlinked = replace(cfg, archive=replace(cfg.archive, sources=(tmp_path / "loop",)))
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    with pytest.raises(UsbagentError, match=r"loop2, which is a loop of symlinks"):
+        preflight.check(unlinked)
+
+
 def test_destination_missing_or_not_a_folder(tmp_path: Path) -> None:
     cfg = setup(tmp_path)
     cfg.archive.destination.rmdir()
