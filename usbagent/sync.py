@@ -516,7 +516,7 @@ def _problem(run: _Run, config: Config, have_local: bool) -> str | None:
     if not have_local:
         return f"no archives in {config.archive.destination} to copy (has `usbagent archive` run?)"
     if not run.holds():
-        skipped = ", ".join((*run.future, *run.unrecorded))
+        skipped = ", ".join(dict.fromkeys((*run.future, *run.unrecorded)))
         return (
             f"the stick holds no verified copy: no archive in {config.archive.destination} "
             f"could be copied ({skipped or 'see the log'}: dated in the future or not made "
@@ -541,10 +541,10 @@ def _finished(run: _Run, config: Config, have_local: bool) -> Outcome:
         notes.append(
             f"not copied, dated in the future: {', '.join(run.future)} (is the clock right?)"
         )
-    if run.unrecorded:
+    if unrecorded := [n for n in run.unrecorded if n not in run.future]:  # each named once
         notes.append(
             f"not copied, no `usbagent archive` run recorded making them: "
-            f"{', '.join(run.unrecorded)} (delete them from {config.archive.destination} if "
+            f"{', '.join(unrecorded)} (delete them from {config.archive.destination} if "
             "they are not yours)"
         )
     if audit.foreign:

@@ -190,3 +190,23 @@ def test_a_stick_left_without_any_verified_copy_is_a_failure(
     assert r.returncode == 1
     assert "the stick holds no verified copy" in r.stderr and FUTURE in r.stderr
     assert FUTURE not in stick_files(mount)
+
+
+def test_a_future_dated_local_file_no_run_made_is_named_once(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    """It is both dated in the future and unrecorded; the summary (which status shows as
+    last-sync) named it twice, once per reason."""
+    config = sync_config(tmp_path, unique_label)
+    dest = config.archive.destination
+    real = make_archive(dest, 0, MIB)
+    state.record(config.agent, Outcome("archive", True, "written", details={"archive": real.name}))
+    _forge(dest, FUTURE, b"junk\n", sidecar=True)
+    mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
+
+    r = usbagent(write_toml(config, tmp_path / "c.toml"), "sync", str(mount))
+
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(FUTURE) == 1, r.stdout
+    assert "dated in the future" in r.stdout
+    assert stick_files(mount) == {real.name, real.name + naming.SIDECAR}
