@@ -223,7 +223,8 @@ def _try_it(demo: Demo) -> list[str]:
         f"  (cd {cfg.archive.destination} && sha256sum -c *.sha256)",
         f"  {usbagent} --config {cfg.path} verify {cfg.archive.destination} "
         f"--identity {demo.identity}",
-        f"  {usbagent} --config {cfg.path} status",
+        f"  {usbagent} --config {cfg.path} status"
+        "   # CRITICAL 'agent is not running': the demo's agent has stopped",
         f"When done: rm -rf {demo.root}",
     ]
 
