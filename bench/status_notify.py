@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from usbagent import ledger, metrics, naming, notify, state
+from usbagent import journal, ledger, metrics, naming, notify
 from usbagent.config import AgentConfig
 from usbagent.events import Kind, Outcome
 from usbagent.outbox import CRITICAL, Note
@@ -45,7 +45,7 @@ def fill(root: Path) -> tuple[Path, AgentConfig]:
     for i in range(1000):
         kinds: tuple[Kind, ...] = ("archive", "sync", "refused", "stick-recognised")
         kind = kinds[i % 4]
-        state.record(
+        journal.record(
             AgentConfig(state_dir=state_dir),  # no metrics while filling
             Outcome(kind, i % 7 != 0, f"event {i}", now - timedelta(minutes=1000 - i),
                     {"size": 123, "duration": 1.5}),

@@ -38,8 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from usbagent import backend as backends
-from usbagent import ledger, mounts, state, sync
+from usbagent import journal, ledger, mounts, sources, state, sync
 from usbagent.backend import Backend, DeviceError, DeviceEvent, EventQueue, Mount
 from usbagent.config import Config
 from usbagent.devices import Partition, describe, label_matches
@@ -325,7 +324,7 @@ class Agent:
         """Record (unless the producer already did) and publish; note failures in STATUS."""
         if record:
             try:
-                await asyncio.to_thread(state.record, self.config.agent, outcome)
+                await asyncio.to_thread(journal.record, self.config.agent, outcome)
             except OSError as exc:
                 log.error("cannot record %s outcome in the state dir: %s", outcome.kind, exc)
         (log.info if outcome.ok else log.error)("%s: %s", outcome.kind, outcome.summary)
@@ -607,7 +606,7 @@ class Agent:
 
 
 async def main(config: Config) -> int:
-    backend = await backends.select(config)
+    backend = await sources.select(config)
     agent = Agent(config, backend, Watchdog())
     try:
         return await agent.run()

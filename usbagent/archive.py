@@ -52,7 +52,7 @@ from typing import IO, Any, BinaryIO, cast
 import pyrage
 import zstandard
 
-from usbagent import naming, preflight, retention, selection, state
+from usbagent import journal, naming, preflight, retention, selection, state
 from usbagent.config import Config
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
@@ -387,7 +387,7 @@ def prune(config: Config, now: datetime, made: str) -> list[str]:
 def _record(config: Config, outcome: Outcome) -> None:
     """Record the outcome; a broken state dir must not hide what happened to the archive."""
     try:
-        state.record(config.agent, outcome)
+        journal.record(config.agent, outcome)
     except Exception as exc:
         log.error(
             "could NOT record this result in the state dir %s (%s): `usbagent status` will "

@@ -1,4 +1,4 @@
-"""What the agent needs from an event source (UDisks2 or udev), and how `auto` picks one.
+"""What the agent needs from an event source (UDisks2 or udev); `sources` picks one.
 
 Both backends turn their own device model into the same stream of `(action, Partition)` on an
 asyncio queue, and offer the same three actions (mount, unmount, power off), so the agent's
@@ -8,16 +8,12 @@ logic never depends on which one saw the stick.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from usbagent.config import Config
 from usbagent.devices import Partition
 from usbagent.errors import UsbagentError
-
-log = logging.getLogger(__name__)
 
 Action = Literal["added", "changed", "removed"]
 DeviceEvent = tuple[Action, Partition]
@@ -83,25 +79,3 @@ def emit(queue: EventQueue, known: dict[str, Partition], key: str, new: Partitio
         return
     known[key] = new
     queue.put_nowait(("added" if old is None else "changed", new))
-
-
-async def udisks_on_bus() -> bool:
-    """Whether org.freedesktop.UDisks2 has an owner on the system bus (no activation)."""
-    from usbagent import udisks  # deferred: the udev backend must not need dbus-next
-
-    return await udisks.name_has_owner()
-
-
-async def select(config: Config) -> Backend:
-    """The backend named by usb.backend; for "auto", UDisks2 when it is on the bus, else udev."""
-    choice = config.usb.backend
-    if choice == "auto":
-        choice = "udisks2" if await udisks_on_bus() else "udev"
-        log.info("backend auto: using %s", choice)
-    if choice == "udisks2":
-        from usbagent.udisks import UDisksBackend
-
-        return UDisksBackend()
-    from usbagent.udev import UdevBackend
-
-    return UdevBackend()

@@ -142,11 +142,11 @@ def _demo_config(config: Config) -> Config:
 
 async def _serve_once(config: Config, image: Path, say: Say) -> tuple[Outcome, str]:
     """Start the agent, plug the stick, wait for the sync outcome, stop the agent."""
-    from usbagent import backend as backends
+    from usbagent import sources
     from usbagent.agent import Agent
     from usbagent.watchdog import Watchdog
 
-    agent = Agent(config, await backends.select(config), Watchdog())
+    agent = Agent(config, await sources.select(config), Watchdog())
     outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
     agent.bus.subscribe(outcomes.put)
     runner = asyncio.get_running_loop().create_task(agent.run())

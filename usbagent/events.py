@@ -1,7 +1,7 @@
 """Outcomes: what happened, as plain data, recorded for `status` and raised for notifications.
 
 Every producer (archive job, stick sync, unit-failure hook) describes its result as an
-`Outcome`; `state.record` persists it and the agent's `EventBus` hands it to subscribers
+`Outcome`; `journal.record` persists it and the agent's `EventBus` hands it to subscribers
 (notifications, metrics) without the producer knowing who listens.
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import pwd
 import stat
@@ -194,3 +195,20 @@ def syncfs(fd: int) -> None:
     """Flush the whole filesystem holding `fd` (one call instead of an fsync per file)."""
     if _SYNCFS is None or _SYNCFS(fd) != 0:
         os.sync()
+
+
+@contextlib.contextmanager
+def flocked(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `lock_file` (created 0600, never through a symlink).
+
+    flock excludes threads (each call opens its own descriptor) and processes alike, which
+    is what the state dir's read-modify-write cycles need: the agent's sync threads, the
+    archive job and the OnFailure hook may all write at once.
+    """
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,6 +1,6 @@
 """Prometheus node_exporter textfile metrics, recomputed from the state dir after every outcome.
 
-The file is derived only from what `state.record` persisted, so it can never disagree with
+The file is derived only from what `journal.record` persisted, so it can never disagree with
 `usbagent status`; it is replaced atomically because node_exporter may read it at any moment
 and a half-written file would be a scrape error (or worse, a silently missing series).
 
@@ -52,7 +52,7 @@ def _stored_counts(state_dir: Path) -> dict[str, int] | None:
 
 def count_errors(state_dir: Path, history: list[Outcome], new: Outcome | None) -> dict[str, int]:
     """The persisted counts, plus `new` if it failed; seeded from the history (which already
-    holds `new`) when there are none yet. Called under state.record's lock."""
+    holds `new`) when there are none yet. Called under journal.record's lock."""
     counts = _stored_counts(state_dir)
     if counts is None:
         counts = dict(Counter(o.kind for o in history if not o.ok))

@@ -7,15 +7,14 @@ holds an flock on a lock file beside the store.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from usbagent import state
+from usbagent.fsutil import flocked
 
 # Freedesktop urgency hint values.
 LOW, NORMAL, CRITICAL = 0, 1, 2
@@ -65,16 +64,8 @@ def pending(state_dir: Path) -> list[Note]:
     return notes
 
 
-@contextlib.contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with (state_dir / "notifications-pending.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _update(state_dir: Path, change: Callable[[list[Note]], list[Note]]) -> list[Note]:
-    with _locked(state_dir):
+    with flocked(state_dir / "notifications-pending.lock"):
         before = pending(state_dir)
         after = change(before)[-MAX_PENDING:]
         if after != before:

@@ -1,4 +1,6 @@
-"""The state dir: the single source of truth `status` reads, written only atomically.
+"""The state dir's format and its readers: the single source of truth `status` reads.
+
+Written only by `usbagent.journal` (and the journal's own parts: ledger, outbox, metrics).
 
 Layout (all JSON, under agent.state_dir):
   last/<kind>.json      newest Outcome of each kind (archive, sync, refused, unit-failed, ...)
@@ -11,18 +13,14 @@ Layout (all JSON, under agent.state_dir):
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from usbagent.config import AgentConfig
 from usbagent.events import Outcome
 from usbagent.fsutil import write_atomic
 
@@ -82,55 +80,7 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def record(agent: AgentConfig, outcome: Outcome) -> None:
-    """Persist an outcome: last of its kind, last error if it failed, the history, metrics.
-
-    Every producer (archive job, sync, agent, unit-failure hook) calls this, so `status` and
-    the metrics file can never disagree about what happened.
-    """
-    state_dir = agent.state_dir
-    data = outcome.to_json()
-    with _locked(state_dir):
-        write_json(state_dir / "last" / f"{outcome.kind}.json", data)
-        if not outcome.ok:
-            write_json(state_dir / "last-error.json", data)
-        _append_event(state_dir / "events.jsonl", data)
-        made = archive_record(outcome)
-        if made is not None:
-            _remember_archive(state_dir, made)
-        if agent.metrics_file is not None:
-            from usbagent import metrics  # deferred: most callers never configure metrics
-
-            metrics.write(agent, outcome)
-
-
-@contextlib.contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    """One recorder at a time: writers share `<name>.partial` temporaries, so two syncs in
-    the agent's threads (or the agent and the archive job) recording at once would clobber
-    each other's partial file. flock excludes threads and processes alike."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / "record.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _append_event(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(data, sort_keys=True) + "\n"
-    with path.open("a") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-    if path.stat().st_size > MAX_EVENTS * 1024:  # rough bound; trim to the newest events
-        lines = path.read_text().splitlines(keepends=True)[-MAX_EVENTS:]
-        write_atomic(path, "".join(lines).encode())
-
-
-def _journal(state_dir: Path) -> list[ArchiveRecord]:
+def journal_entries(state_dir: Path) -> list[ArchiveRecord]:
     """archives.json, newest first; entries that do not parse are skipped."""
     data = read_json(state_dir / "archives.json")
     out = []
@@ -149,13 +99,6 @@ def _journal(state_dir: Path) -> list[ArchiveRecord]:
     return out
 
 
-def _remember_archive(state_dir: Path, made: ArchiveRecord) -> None:
-    """Add `made` to the journal (under the record lock), newest first, bounded."""
-    kept = [r for r in _journal(state_dir) if r.name != made.name]
-    newest = sorted([made, *kept], key=lambda r: r.recorded, reverse=True)[:MAX_ARCHIVES]
-    write_json(state_dir / "archives.json", [r.to_json() for r in newest])
-
-
 def known_archives(
     journal: Iterable[ArchiveRecord], outcomes: Iterable[Outcome]
 ) -> dict[str, ArchiveRecord]:
@@ -170,7 +113,7 @@ def known_archives(
 
 def archives(state_dir: Path, outcomes: Iterable[Outcome] = ()) -> dict[str, ArchiveRecord]:
     """Every archive a successful run recorded: the journal plus `outcomes` (the history)."""
-    return known_archives(_journal(state_dir), outcomes)
+    return known_archives(journal_entries(state_dir), outcomes)
 
 
 def last(state_dir: Path, kind: str) -> Outcome | None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from usbagent import ledger, mounts, naming, retention, state
+from usbagent import journal, ledger, mounts, naming, retention, state
 from usbagent.config import Config
 from usbagent.copier import (
     CHUNK,
@@ -595,13 +595,13 @@ def record_refusal(config: Config, partition: Partition, reason: str) -> Outcome
     """Record a pre-mount refusal in the state dir and the stick's ledger; return it."""
     outcome = refused_outcome(partition, reason)
     ledger_update(config, partition.uuid, outcome.details["label"], outcome, None)
-    state.record(config.agent, outcome)
+    journal.record(config.agent, outcome)
     return outcome
 
 
 def _record(config: Config, run: _Run, outcome: Outcome) -> None:
     ledger_update(config, run.uuid, run.label, outcome, run.holds())
-    state.record(config.agent, outcome)
+    journal.record(config.agent, outcome)
 
 
 def ledger_update(

@@ -25,7 +25,7 @@ import signal
 import subprocess
 from collections.abc import Mapping
 
-from usbagent import state
+from usbagent import journal
 from usbagent.config import Config
 from usbagent.events import Outcome
 
@@ -159,7 +159,7 @@ def run(config: Config | None, args: argparse.Namespace) -> int:
         return 0
     log.error("%s", outcome.summary)
     try:
-        state.record(config.agent, outcome)
+        journal.record(config.agent, outcome)
         recorded = True
     except OSError as exc:
         log.error("cannot record the failure in %s: %s", config.agent.state_dir, exc)

@@ -28,7 +28,7 @@ import pytest
 
 from tests.stack import MakeStick, PartSpec, Stick
 from tests.stack.sticks import mountpoints_of, unmount
-from usbagent import demo_stick, naming, state
+from usbagent import demo_stick, journal, naming, state
 from usbagent.agent import PROBE_GRACE
 from usbagent.agent import Agent as AgentDaemon
 from usbagent.config import AgentConfig, load
@@ -68,7 +68,7 @@ def write_archive(destination: Path, n: int, size: int) -> str:
     # recorded is not a backup, and the agent would rightly call the folder stale.
     details = {"archive": name, "size": size, "sha256": digest.hexdigest()}
     made = Outcome("archive", True, f"archive {name} written", details=details)
-    state.record(AgentConfig(state_dir=destination.parent / "state"), made)
+    journal.record(AgentConfig(state_dir=destination.parent / "state"), made)
     return name
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from usbagent import metrics, state
+from usbagent import journal, metrics
 from usbagent.config import AgentConfig
 from usbagent.events import Outcome
 
@@ -265,9 +265,11 @@ def test_rules_on_what_node_exporter_scrapes_from_usbagents_file(
         os.utime(agent.metrics_file, (seconds, seconds))
         return scrape(url)
 
-    state.record(agent, Outcome("archive", True, "ok", at, {"size": 10, "duration": 1.5}))
+    journal.record(agent, Outcome("archive", True, "ok", at, {"size": 10, "duration": 1.5}))
     before = written_at(H)
-    state.record(agent, Outcome("archive", False, "tar failed", datetime.fromtimestamp(2 * H, UTC)))
+    journal.record(
+        agent, Outcome("archive", False, "tar failed", datetime.fromtimestamp(2 * H, UTC))
+    )
     after = written_at(2 * H)
     assert f'node_textfile_mtime_seconds{{file="{agent.metrics_file}"}}' in after
     assert after['usbagent_errors_total{kind="archive"}'] == 1

@@ -1,7 +1,7 @@
 """`usbagent status` and `usbagent doctor` against real files, processes, buses and systemd.
 
 Status reads a real state dir and archive folder written by the project's own writers
-(state.record, ledger, the OnFailure hook); the systemd checks run against a real
+(journal.record, ledger, the OnFailure hook); the systemd checks run against a real
 `systemd --user` manager. Doctor's every problem is caused for real: missing or
 non-executable ExecStart, a key anyone can read, missing folders, no device events,
 no GNU tar, a library that cannot be imported.
@@ -27,7 +27,7 @@ from pyrage import x25519
 from tests.integration.dbus_doubles import private_system_bus
 from tests.stack import MakeStick, PartSpec
 from tests.stack.user_manager import UserManager
-from usbagent import doctor, ledger, naming, state, sync, systemd, udev
+from usbagent import doctor, journal, ledger, naming, state, sync, systemd, udev
 from usbagent.config import AgentConfig, ArchiveConfig, Config, UsbConfig
 from usbagent.events import Outcome
 
@@ -76,7 +76,7 @@ class Deployment:
         details = {"archive": name.filename, "size": size, "sha256": digest}
         made = Outcome("archive", True, f"archive {name.filename} written",
                        name.created + timedelta(seconds=30), details)  # fmt: skip
-        state.record(self.config.agent, made)
+        journal.record(self.config.agent, made)
         return name.filename
 
 
@@ -159,7 +159,7 @@ def heartbeat(d: Deployment, pid: int, age: timedelta = timedelta(seconds=2)) ->
 def synced_stick(d: Deployment, newest: str) -> None:
     sd = d.config.agent.state_dir
     ledger.record_ok(sd, "1234-ABCD", "UA-TEST", (newest,), 5 * 2**30, newest)
-    state.record(
+    journal.record(
         d.config.agent,
         Outcome("sync", True, "1 archive copied to UA-TEST, verified",
                 details={"label": "UA-TEST", "uuid": "1234-abcd", "copied": [newest], "verified": 1,
@@ -180,7 +180,7 @@ def test_healthy_system_is_ok_and_shows_archive_agent_stick_and_sync(
     newest = deployment.archive(timedelta(hours=3), size=4096)
     heartbeat(deployment, agent_process)
     synced_stick(deployment, newest)
-    state.record(deployment.config.agent, Outcome("archive", True, "archive made"))
+    journal.record(deployment.config.agent, Outcome("archive", True, "archive made"))
     code, doc = deployment.status()
     assert (code, doc["state"]) == (0, "OK"), doc
     checks = by_name(doc)
@@ -226,7 +226,7 @@ def test_unit_failure_hook_record_makes_status_critical_and_keeps_the_notificati
     deployment.archive(timedelta(hours=1))
     heartbeat(deployment, agent_process)
     synced_stick(deployment, deployment.archive(timedelta(hours=2)))
-    state.record(
+    journal.record(
         deployment.config.agent,
         Outcome("archive", True, "archive made", datetime.now(UTC) - timedelta(hours=1)),
     )
@@ -444,11 +444,11 @@ def test_doctor_flags_a_fat32_stick_the_agent_refused(
 
 
 def test_doctor_last_archive_run_failed(deployment: Deployment) -> None:
-    state.record(deployment.config.agent, Outcome("archive", False, "tar exited 2"))
+    journal.record(deployment.config.agent, Outcome("archive", False, "tar exited 2"))
     assert any(
         "last archive run: failed at" in p and "tar exited 2" in p for p in problems(deployment)
     )
-    state.record(deployment.config.agent, Outcome("archive", True, "archive made"))
+    journal.record(deployment.config.agent, Outcome("archive", True, "archive made"))
     assert not any("last archive run" in p for p in problems(deployment))
 
 

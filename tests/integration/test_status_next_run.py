@@ -25,7 +25,7 @@ from tests.integration.test_status_doctor import (
     synced_stick,
 )
 from tests.unit.test_preflight import need_root, tmpfs
-from usbagent import naming, state
+from usbagent import journal, naming, state
 from usbagent.config import AgentConfig
 from usbagent.events import Outcome
 from usbagent.fsutil import unwritable
@@ -207,7 +207,7 @@ def test_the_state_dir_knows_its_archives_after_the_history_is_trimmed(tmp_path:
     with (s.state_dir / "events.jsonl").open("a") as f:
         for _ in range(state.MAX_EVENTS + 100):
             f.write(json.dumps(filler.to_json()) + "\n")
-    state.record(agent, Outcome("archive", False, "preflight failed: recipients missing"))
+    journal.record(agent, Outcome("archive", False, "preflight failed: recipients missing"))
     assert not any(o.details.get("archive") == archive.name for o in state.events(s.state_dir)), (
         "the archive outcome should have been trimmed from the history"
     )

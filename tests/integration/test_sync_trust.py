@@ -23,7 +23,7 @@ from tests.integration.sync_helpers import (
     write_toml,
 )
 from tests.stack import MakeStick, PartSpec
-from usbagent import ledger, naming, state
+from usbagent import journal, ledger, naming, state
 from usbagent.events import Outcome
 from usbagent.sync import facts_at
 
@@ -157,7 +157,9 @@ def test_an_archive_the_host_never_made_is_not_copied_and_pushes_no_real_copy_ou
     now = datetime.now(UTC).replace(microsecond=0)
     real = make_archive(dest, 0, MIB)
     # As `usbagent archive` records it: the history of the state dir starts here.
-    state.record(config.agent, Outcome("archive", True, "written", details={"archive": real.name}))
+    journal.record(
+        config.agent, Outcome("archive", True, "written", details={"archive": real.name})
+    )
     mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
     toml = write_toml(config, tmp_path / "c.toml")
     assert usbagent(toml, "sync", str(mount)).returncode == 0

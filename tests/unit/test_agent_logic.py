@@ -6,7 +6,7 @@ import asyncio
 import threading
 from pathlib import Path
 
-from usbagent import mounts, state
+from usbagent import journal, mounts, state
 from usbagent.agent import idle_status, lag_summary, progress_status, stick_id
 from usbagent.backend import EventQueue, emit
 from usbagent.config import AgentConfig
@@ -182,7 +182,7 @@ def test_outcomes_recorded_from_concurrent_sync_threads_all_land(tmp_path: Path)
     def work(n: int) -> None:
         for i in range(50):
             try:
-                state.record(agent, Outcome(kind="sync", ok=False, summary=f"{n}-{i}"))
+                journal.record(agent, Outcome(kind="sync", ok=False, summary=f"{n}-{i}"))
             except OSError as exc:
                 errors.append(exc)
 

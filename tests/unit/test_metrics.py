@@ -1,4 +1,4 @@
-"""node_exporter textfile metrics, written by state.record and validated by promtool."""
+"""node_exporter textfile metrics, written by journal.record and validated by promtool."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from usbagent import metrics, state
+from usbagent import journal, metrics, state
 from usbagent.config import AgentConfig
 from usbagent.events import Outcome
 
@@ -48,11 +48,11 @@ def test_record_writes_valid_metrics_with_the_last_successes_and_error_counts(
     agent: AgentConfig,
 ) -> None:
     details = {"archive": "h-20261125T020000Z.tar.zst.age", "size": 1234, "duration": 2.5}
-    state.record(agent, Outcome("archive", True, "ok", T1, details))
-    state.record(agent, Outcome("sync", True, "copied", T1))
-    state.record(agent, Outcome("archive", False, "tar failed", T2))  # newer, but failed
-    state.record(agent, Outcome("refused", False, "ext2", T2))
-    state.record(agent, Outcome("refused", False, "ext2", T2))
+    journal.record(agent, Outcome("archive", True, "ok", T1, details))
+    journal.record(agent, Outcome("sync", True, "copied", T1))
+    journal.record(agent, Outcome("archive", False, "tar failed", T2))  # newer, but failed
+    journal.record(agent, Outcome("refused", False, "ext2", T2))
+    journal.record(agent, Outcome("refused", False, "ext2", T2))
     assert agent.metrics_file is not None
     promtool_check(agent.metrics_file)
     got = samples(agent.metrics_file)
@@ -80,7 +80,7 @@ def test_unwritable_metrics_folder_does_not_fail_the_outcome(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     agent = AgentConfig(state_dir=tmp_path / "state", metrics_file=tmp_path / "missing" / "u.prom")
-    state.record(agent, Outcome("archive", True, "ok", T1, {"size": 1}))
+    journal.record(agent, Outcome("archive", True, "ok", T1, {"size": 1}))
     assert state.last(agent.state_dir, "archive") is not None
     assert "cannot write metrics file" in caplog.text
 
@@ -90,12 +90,12 @@ def test_errors_total_only_grows_when_the_history_is_trimmed(agent: AgentConfig)
     whole value again); a counter that stands still while errors happen hides them."""
     assert agent.metrics_file is not None
     for _ in range(3):
-        state.record(agent, Outcome("sync", False, "read-back mismatch", T1))
+        journal.record(agent, Outcome("sync", False, "read-back mismatch", T1))
     assert samples(agent.metrics_file)['usbagent_errors_total{kind="sync"}'] == 3
     history = agent.state_dir / "events.jsonl"
     history.write_text(history.read_text().splitlines(keepends=True)[-1])  # as trimming does
-    state.record(agent, Outcome("sync", False, "read-back mismatch", T2))
-    state.record(agent, Outcome("archive", True, "ok", T2))
+    journal.record(agent, Outcome("sync", False, "read-back mismatch", T2))
+    journal.record(agent, Outcome("archive", True, "ok", T2))
     got = samples(agent.metrics_file)
     assert got['usbagent_errors_total{kind="sync"}'] == 4
     assert got['usbagent_errors_total{kind="archive"}'] == 0
@@ -107,15 +107,15 @@ def test_error_counts_start_from_the_history_and_thresholds_are_exported(
 ) -> None:
     """An install that turns metrics on later starts from what its history holds."""
     plain = AgentConfig(state_dir=tmp_path / "state")
-    state.record(plain, Outcome("archive", False, "tar failed", T1))
-    state.record(plain, Outcome("refused", False, "ext2", T1))
+    journal.record(plain, Outcome("archive", False, "tar failed", T1))
+    journal.record(plain, Outcome("refused", False, "ext2", T1))
     agent = AgentConfig(
         state_dir=plain.state_dir,
         metrics_file=tmp_path / "usbagent.prom",
         stale_after_hours=30,
         usb_stale_after_days=2.5,
     )
-    state.record(agent, Outcome("archive", False, "tar failed", T2))
+    journal.record(agent, Outcome("archive", False, "tar failed", T2))
     assert agent.metrics_file is not None
     got = samples(agent.metrics_file)
     assert got['usbagent_errors_total{kind="archive"}'] == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from usbagent import state
+from usbagent import journal, state
 from usbagent.config import AgentConfig
 from usbagent.events import Outcome
 
@@ -27,12 +27,12 @@ def test_successful_runs_are_journaled_newest_first_and_bounded(
     monkeypatch.setattr(state, "MAX_ARCHIVES", 3)
     agent = AgentConfig(state_dir=tmp_path)
     for n in range(5):
-        state.record(agent, made(n))
-    state.record(agent, made(5, ok=False))  # a failed run made no backup
-    state.record(agent, Outcome("sync", True, "copied", details=made(6).details))
-    journal = json.loads((tmp_path / "archives.json").read_text())
-    assert [e["size"] for e in journal] == [104, 103, 102]
-    assert journal[0] == {
+        journal.record(agent, made(n))
+    journal.record(agent, made(5, ok=False))  # a failed run made no backup
+    journal.record(agent, Outcome("sync", True, "copied", details=made(6).details))
+    entries = json.loads((tmp_path / "archives.json").read_text())
+    assert [e["size"] for e in entries] == [104, 103, 102]
+    assert entries[0] == {
         "name": "host-20261104T020000Z.tar.zst.age",
         "size": 104,
         "sha256": f"{4:064x}",

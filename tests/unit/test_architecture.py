@@ -1,0 +1,207 @@
+"""The dependency rules of ARCHITECTURE.md, checked on the source (ast, no import executed).
+
+Layers: model, policy, platform, sources, stick, journal, agent, notify, commands. The rules:
+policy imports nothing doing I/O; sources never import stick or agent; only the journal
+writes the state dir; no import cycle; no module over MAX_LINES.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "usbagent"
+MAX_LINES = 400
+
+LAYERS: dict[str, frozenset[str]] = {
+    "model": frozenset({"errors", "events", "config", "units"}),
+    "policy": frozenset({"naming", "plan", "retention", "devices", "tarsafety"}),
+    "platform": frozenset({"fsutil", "mounts", "watchdog", "systemd", "credentials"}),
+    "sources": frozenset({"backend", "sources", "udisks", "udev"}),
+    "stick": frozenset({"copier", "sync"}),
+    "journal": frozenset({"journal", "state", "ledger", "outbox", "metrics"}),
+    "agent": frozenset({"agent"}),
+    "notify": frozenset({"notify"}),
+}
+# Modules and libraries that do I/O: policy may import none of them.
+IO_MODULES = frozenset(
+    {
+        "os", "io", "shutil", "subprocess", "socket", "fcntl", "signal", "select",
+        "selectors", "tempfile", "threading", "asyncio", "mmap", "pyudev", "dbus_next",
+        "fs", "pyrage", "sdnotify",
+    }
+)  # fmt: skip
+# What a module outside the journal may use of the journal's parts: readers and types only.
+JOURNAL_READERS: dict[str, frozenset[str]] = {
+    "state": frozenset(
+        {"read_json", "last", "last_error", "events", "archives", "known_archives",
+         "archive_record", "ArchiveRecord", "journal_entries", "MAX_EVENTS", "MAX_ARCHIVES"}
+    ),
+    "ledger": frozenset({"load", "sticks", "StickRecord", "path_for"}),
+    "outbox": frozenset({"pending", "path", "Note", "LOW", "NORMAL", "CRITICAL"}),
+    "metrics": frozenset({"render", "MetricFacts", "KINDS"}),
+}  # fmt: skip
+# Not split yet (issue 10): the size each had when the limit came; none may grow.
+OVERSIZE = {"agent": 620, "archive": 404, "doctor": 505, "notify": 519, "status": 762, "sync": 780}
+STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
+
+
+def modules() -> list[str]:
+    return sorted(p.stem for p in PACKAGE.glob("*.py"))
+
+
+@cache
+def tree(module: str) -> ast.Module:
+    return ast.parse((PACKAGE / f"{module}.py").read_text(), filename=f"{module}.py")
+
+
+def imported(module: str | ast.Module) -> Iterator[tuple[str, str | None, int]]:
+    """(top-level module, imported name or None, line) for every import, deferred ones too.
+
+    A usbagent module is named by its own name (`sync`), anything else by its top level
+    package (`os`, `dbus_next`).
+    """
+    for node in ast.walk(tree(module) if isinstance(module, str) else module):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                name = parts[1] if parts[0] == "usbagent" and len(parts) > 1 else parts[0]
+                yield name, None, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            parts = (node.module or "").split(".")
+            if node.level or parts[0] == "usbagent":
+                inner = parts[1:] if parts[0] == "usbagent" else parts
+                inner = [p for p in inner if p]
+                for alias in node.names:
+                    if inner:
+                        yield inner[0], alias.name, node.lineno
+                    else:  # from usbagent import x
+                        yield alias.name, None, node.lineno
+            else:
+                for alias in node.names:
+                    yield parts[0], alias.name, node.lineno
+
+
+def ours(name: str) -> bool:
+    return (PACKAGE / f"{name}.py").exists()
+
+
+def graph() -> dict[str, set[str]]:
+    return {m: {n for n, _, _ in imported(m) if ours(n) and n != m} for m in modules()}
+
+
+def layer_of(module: str) -> str:
+    return next((name for name, members in LAYERS.items() if module in members), "commands")
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(g[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_every_module_has_a_layer_it_was_put_in_on_purpose() -> None:
+    """A listed module that no longer exists means this file went stale."""
+    listed = set().union(*LAYERS.values())
+    assert listed <= set(modules()), sorted(listed - set(modules()))
+
+
+def test_no_import_cycle() -> None:
+    assert cycles(graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_policy_imports_nothing_doing_io() -> None:
+    allowed = LAYERS["model"] | LAYERS["policy"]
+    bad = [
+        f"{m}.py:{line} imports {name}"
+        for m in sorted(LAYERS["policy"])
+        for name, _, line in imported(m)
+        if (ours(name) and name not in allowed) or name in IO_MODULES
+    ]
+    assert bad == []
+
+
+def test_sources_never_import_stick_agent_or_commands() -> None:
+    banned = {m for m in modules() if layer_of(m) in ("stick", "agent", "notify", "commands")}
+    bad = [
+        f"{m}.py:{line} imports {name}"
+        for m in sorted(LAYERS["sources"])
+        for name, _, line in imported(m)
+        if name in banned
+    ]
+    assert bad == []
+
+
+def journal_uses(module: ast.Module) -> Iterator[tuple[str, str, int]]:
+    """(journal part, name, line) for each name `module` uses from a journal part."""
+    aliases: dict[str, str] = {}
+    for name, what, line in imported(module):
+        if name in JOURNAL_READERS and what is not None:
+            yield name, what, line
+    for node in ast.walk(module):
+        if isinstance(node, ast.ImportFrom) and node.module == "usbagent":
+            for alias in node.names:
+                if alias.name in JOURNAL_READERS:
+                    aliases[alias.asname or alias.name] = alias.name
+    for node in ast.walk(module):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+        ):
+            yield aliases[node.value.id], node.attr, node.lineno
+
+
+def state_dir_writes(module: ast.Module) -> Iterator[int]:
+    """Lines where `module` hands a path under a state dir to a file writer."""
+    for node in ast.walk(module):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name in STATE_WRITERS and any("state_dir" in ast.unparse(a) for a in node.args):
+            yield node.lineno
+
+
+def test_no_module_over_the_line_limit_and_none_of_the_old_giants_grows() -> None:
+    """OVERSIZE lists the modules still waiting to be split, at their size then; each may
+    only shrink, and leaves the list once it is under the limit."""
+    sizes = {m: len((PACKAGE / f"{m}.py").read_text().splitlines()) for m in modules()}
+    over = {m: n for m, n in sizes.items() if n > MAX_LINES}
+    assert {m: n for m, n in over.items() if n > OVERSIZE.get(m, MAX_LINES)} == {}
+    assert sorted(OVERSIZE) == sorted(over), "a split module: drop it from OVERSIZE"

@@ -1,0 +1,63 @@
+"""The journal: the one writer of the state dir, and the one place outcomes are recorded.
+
+Producers (the archive job, a stick sync, the agent, the unit-failure hook) describe what
+happened as an `Outcome` and hand it here once, after the person was told exactly that:
+`last/<kind>.json` is then the very text they saw. Recording an outcome updates, under one
+lock: last of its kind, last error, the history, the archives journal, and then the
+subscribers that derive files from it (the Prometheus textfile, see `usbagent.metrics`).
+
+The state dir's format and its readers live in `usbagent.state`; the ledger of each stick
+(`usbagent.ledger`) and the notification outbox (`usbagent.outbox`) are the journal's own
+parts: no module outside these writes into `agent.state_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from usbagent import metrics, state
+from usbagent.config import AgentConfig
+from usbagent.events import Outcome
+from usbagent.fsutil import flocked, write_atomic
+from usbagent.state import ArchiveRecord, archive_record, write_json
+
+
+def record(agent: AgentConfig, outcome: Outcome) -> None:
+    """Persist an outcome: last of its kind, last error if it failed, the history, metrics.
+
+    Every producer calls this exactly once per outcome, so `status`, the metrics file and
+    what the person was told can never disagree about what happened.
+    """
+    state_dir = agent.state_dir
+    data = outcome.to_json()
+    with flocked(state_dir / "record.lock"):
+        write_json(state_dir / "last" / f"{outcome.kind}.json", data)
+        if not outcome.ok:
+            write_json(state_dir / "last-error.json", data)
+        _append_event(state_dir / "events.jsonl", data)
+        made = archive_record(outcome)
+        if made is not None:
+            _remember_archive(state_dir, made)
+        metrics.write(agent, outcome)  # a subscriber: derived from what was just recorded
+
+
+def _append_event(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(data, sort_keys=True) + "\n"
+    with path.open("a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    if path.stat().st_size > state.MAX_EVENTS * 1024:  # rough bound; trim to the newest
+        lines = path.read_text().splitlines(keepends=True)[-state.MAX_EVENTS :]
+        write_atomic(path, "".join(lines).encode())
+
+
+def _remember_archive(state_dir: Path, made: ArchiveRecord) -> None:
+    """Add `made` to the archives journal (under the record lock), newest first, bounded."""
+    kept = [r for r in state.journal_entries(state_dir) if r.name != made.name]
+    newest = sorted([made, *kept], key=lambda r: r.recorded, reverse=True)
+    write_json(state_dir / "archives.json", [r.to_json() for r in newest[: state.MAX_ARCHIVES]])
