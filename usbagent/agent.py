@@ -1,11 +1,12 @@
 """`usbagent agent`: the asyncio hotplug daemon.
 
 Flow per stick: backend event -> `label_matches` (else ignored) -> `refusal_reason` from the
-facts (refused: recorded, published) -> mount (or reuse a mount) -> `sync.sync_mounted` in a
-worker thread, which announces "stick-recognised" once the stick passed every rule (so a
-refused stick is never first told to be copying) -> unmount -> power off -> only then the
-outcome says "safe to remove". A mount somebody else made is used and left as it was:
-no unmount, no power-off, and the outcome says so. Everything that goes wrong is an
+facts (refused: recorded, published) -> mount (or reuse a mount) -> `sync.sync_stick` in a
+worker thread (it records nothing), which announces "stick-recognised" once the stick
+passed every rule (so a refused stick is never first told to be copying) -> unmount -> power
+off -> only then the outcome says "safe to remove", and is recorded once, as it was told.
+A mount somebody else made is used and left as it was: no unmount, no power-off, and the
+outcome says so. Everything that goes wrong is an
 Outcome that is recorded and published: a recognised stick never leaves without a record
 of whether it got a backup.
 
@@ -38,12 +39,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from usbagent import journal, ledger, mounts, sources, state, sync
+from usbagent import journal, mounts, sources, state, sync
 from usbagent.backend import Backend, DeviceError, DeviceEvent, EventQueue, Mount
 from usbagent.config import Config
 from usbagent.devices import Partition, describe, label_matches
 from usbagent.errors import UsbagentError
 from usbagent.events import EventBus, Outcome
+from usbagent.journal import StickReport
 from usbagent.plan import SyncPlan
 from usbagent.watchdog import Watchdog
 
@@ -55,8 +57,6 @@ STOP_BUDGET = 4.0  # seconds from SIGTERM to exit: syncs wind down, unmount, pub
 TICK_MAX = 10.0  # heartbeat/watchdog period when systemd asks for none (or a longer one)
 FRESHNESS_PERIOD = 300.0  # how often to look for a stale newest archive
 LAG_PROBE = 0.1  # loop-lag probe period
-# sync_mounted ends an ok summary with this; once unmounted we can say it without the "after"
-SYNC_TAIL = "safe to remove after unmount"
 PROBE_GRACE = 3.0  # seconds a labelled partition may lack filesystem facts before it is judged
 PROGRESS_EVERY = 0.5  # seconds between progress updates forwarded from a sync thread
 
@@ -301,9 +301,7 @@ class Agent:
         }
         self.lags.clear()
         try:
-            await asyncio.to_thread(
-                state.write_json, self.config.agent.state_dir / "heartbeat.json", data
-            )
+            await asyncio.to_thread(journal.heartbeat, self.config.agent, data)
         except OSError as exc:
             log.error("cannot write the heartbeat in %s: %s", self.config.agent.state_dir, exc)
 
@@ -320,13 +318,23 @@ class Agent:
             "; ".join(busy) if busy else idle_status(self.config.usb.labels, self.last_error)
         )
 
-    async def _report(self, outcome: Outcome, record: bool = True) -> None:
-        """Record (unless the producer already did) and publish; note failures in STATUS."""
-        if record:
-            try:
+    async def _report(self, outcome: Outcome) -> None:
+        """Record and publish exactly what the person is told; note failures in STATUS."""
+        await self._report_stick(None, outcome)
+
+    async def _report_stick(
+        self, report: StickReport | None, outcome: Outcome | None = None
+    ) -> None:
+        """Record (with the stick's ledger) and publish; the journal is written once."""
+        outcome = report.outcome if report is not None else outcome
+        assert outcome is not None
+        try:
+            if report is not None:
+                await asyncio.to_thread(journal.record_stick, self.config.agent, report)
+            else:
                 await asyncio.to_thread(journal.record, self.config.agent, outcome)
-            except OSError as exc:
-                log.error("cannot record %s outcome in the state dir: %s", outcome.kind, exc)
+        except OSError as exc:
+            log.error("cannot record %s outcome in the state dir: %s", outcome.kind, exc)
         (log.info if outcome.ok else log.error)("%s: %s", outcome.kind, outcome.summary)
         if not outcome.ok:
             self.last_error = outcome.summary
@@ -417,32 +425,24 @@ class Agent:
             "fstype": p.fstype,
         }
 
-    async def _fail(self, p: Partition, what: str, copied: bool = False) -> None:
+    async def _fail(
+        self, p: Partition, what: str, copied: bool = False, synced: StickReport | None = None
+    ) -> None:
         """A recognised stick that is not done right: recorded and published, never silent."""
         name = describe(p)
         state_ = "copies verified, but" if copied else "plugged in but not backed up:"
         summary = f"{name} {state_} {what}"
         outcome = Outcome(kind="sync", ok=False, summary=summary, details=self._facts(p))
-        await self._report(outcome)
-        if p.uuid:
-            try:
-                await asyncio.to_thread(
-                    ledger.record_error,
-                    self.config.agent.state_dir,
-                    p.uuid,
-                    p.label or p.part_name,
-                    summary,
-                    fstype=p.fstype,
-                )
-            except OSError as exc:
-                log.error("cannot update the ledger of %s: %s", name, exc)
+        report = StickReport(outcome, p.uuid, p.label or p.part_name, p.fstype)
+        if copied and synced is not None:  # the copies are verified: the ledger says so too
+            report = dataclasses.replace(synced, outcome=outcome)
+        await self._report_stick(report)
 
     async def _serve_stick(self, job: Job) -> None:
         p = job.partition
         reason = await asyncio.to_thread(sync.precheck, self.config, p)
         if reason is not None:
-            refused = await asyncio.to_thread(sync.record_refusal, self.config, p, reason)
-            await self._report(refused, record=False)
+            await self._report_stick(sync.refusal(p, reason))
             return
         job.status = f"mounting {describe(p)}"
         self._update_status()
@@ -467,7 +467,7 @@ class Agent:
             mount_id = entry.mount_id if entry else None
             facts = {"device": p.device, "mountpoint": str(mount.path), "id": mount_id}
             if mount.ours:
-                await asyncio.to_thread(state.write_json, record, facts)
+                await asyncio.to_thread(journal.note_mount, record, facts)
             elif await asyncio.to_thread(state.read_json, record) == facts:
                 log.info("%s was mounted by an earlier usbagent run; unmounting it after", p.device)
                 mount = Mount(mount.path, ours=True)
@@ -479,7 +479,7 @@ class Agent:
         await self.backend.unmount(p, mount)
         if (record := mount_record(self.config.agent.state_dir, p.uuid)) is not None:
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(record.unlink, missing_ok=True)
+                await asyncio.to_thread(journal.forget_mount, record)
 
     def _recognised(self, job: Job, copies: int) -> None:
         """The sync accepted the stick: now (not before) tell the person it is being used."""
@@ -492,7 +492,7 @@ class Agent:
         )
         job.recognised = self._spawn(self._report(outcome))
 
-    async def _sync(self, job: Job, mountpoint: Path) -> Outcome | None:
+    async def _sync(self, job: Job, mountpoint: Path) -> StickReport | None:
         """Run the blocking sync in a thread; None when it crashed (already reported)."""
         loop = asyncio.get_running_loop()
         p = job.partition
@@ -515,15 +515,13 @@ class Agent:
         self._update_status()
         started = time.monotonic()
         try:
-            outcome: Outcome | None = await in_thread(
-                lambda: sync.sync_mounted(
-                    self.config, mountpoint, p, job.cancel, progress, accepted
-                )
+            report: StickReport | None = await in_thread(
+                lambda: sync.sync_stick(self.config, mountpoint, p, job.cancel, progress, accepted)
             )
         except Exception as exc:
             log.exception("sync of %s crashed", describe(p))
             await self._fail(p, f"sync crashed: {exc}")
-            outcome = None
+            report = None
         if job.recognised is not None:  # published before the outcome that follows it
             with contextlib.suppress(Exception):
                 await job.recognised
@@ -536,19 +534,21 @@ class Agent:
             lag["p99_ms"],
             len(job.lags),
         )
-        return outcome
+        return report
 
     def _job_progress(self, job: Job, line: str) -> None:
         if self.jobs.get(stick_id(job.partition)) is job:
             job.status = line
             self._update_status()
 
-    async def _finish(self, job: Job, outcome: Outcome | None, mount: Mount) -> None:
-        """sync(2) -> unmount -> power off, then tell the person whether to pull the stick."""
+    async def _finish(self, job: Job, report: StickReport | None, mount: Mount) -> None:
+        """sync(2) -> unmount -> power off, then tell the person whether to pull the stick:
+        the sync's report is worded for how it ended and recorded once, as it was told."""
         p = job.partition
         if not mount.ours:
             await in_thread(os.sync)
-            await self._leave_mounted(outcome, mount)
+            if report is not None:  # somebody else's mount stays; they unmount before pulling
+                await self._report_stick(sync.told(report, "left-mounted", mount.path))
             return
         job.status = f"unmounting {describe(p)}"
         self._update_status()
@@ -557,11 +557,11 @@ class Agent:
             await self._unmount(p, mount)
         except (DeviceError, TimeoutError) as exc:
             if job.pulled:  # nothing left to unmount cleanly; say what the sync said
-                if outcome is not None:
-                    await self._report(outcome, record=False)
+                if report is not None:
+                    await self._report_stick(sync.told(report))
                 return
-            copied = outcome is not None and outcome.ok
-            await self._fail(p, f"unmount failed, do not pull it yet: {exc}", copied)
+            copied = report is not None and report.outcome.ok
+            await self._fail(p, f"unmount failed, do not pull it yet: {exc}", copied, report)
             return
         powered = False
         if self.config.usb.power_off and not job.pulled:
@@ -571,35 +571,17 @@ class Agent:
                 log.warning(
                     "power-off of %s failed (it is unmounted, safe to remove): %s", describe(p), exc
                 )
-        if outcome is None:
+        if report is None:
             return
-        if outcome.ok:
-            done = "unmounted and powered off" if powered else "unmounted"
-            summary = outcome.summary.removesuffix(SYNC_TAIL).removesuffix("; ")
-            outcome = dataclasses.replace(
-                outcome,
-                summary=f"{summary}; {done}, safe to remove",
-                details={**outcome.details, "unmounted": True, "powered_off": powered},
-            )
+        if report.outcome.ok:
+            report = sync.told(report, "powered-off" if powered else "unmounted")
         elif job.pulled:
+            outcome = report.outcome
             outcome = dataclasses.replace(
                 outcome, summary=f"{outcome.summary} (the stick was removed during the copy)"
             )
-        await self._report(outcome, record=False)  # sync_mounted recorded it already
-
-    async def _leave_mounted(self, outcome: Outcome | None, mount: Mount) -> None:
-        """Somebody else's mount stays as it was; the person must unmount before pulling."""
-        if outcome is None:
-            return
-        if outcome.ok:
-            summary = outcome.summary.removesuffix(SYNC_TAIL).removesuffix("; ")
-            outcome = dataclasses.replace(
-                outcome,
-                summary=f"{summary}; left mounted at {mount.path} as it was found (usbagent "
-                "did not mount it): unmount it before removing the stick",
-                details={**outcome.details, "unmounted": False, "powered_off": False},
-            )
-        await self._report(outcome, record=False)
+            report = dataclasses.replace(report, outcome=outcome)
+        await self._report_stick(report)
 
 
 # --- command --------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from usbagent.errors import UsbagentError
 COMMANDS = {
     "archive": "usbagent.archive",
     "agent": "usbagent.agent",
-    "sync": "usbagent.sync",
+    "sync": "usbagent.synccmd",
     "status": "usbagent.status",
     "doctor": "usbagent.doctor",
     "verify": "usbagent.verify",

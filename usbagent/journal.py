@@ -15,14 +15,31 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from usbagent import metrics, state
+from usbagent import ledger, metrics, outbox, state
 from usbagent.config import AgentConfig
 from usbagent.events import Outcome
 from usbagent.fsutil import flocked, write_atomic
+from usbagent.outbox import Note
+from usbagent.plan import StickFile
 from usbagent.state import ArchiveRecord, archive_record, write_json
+
+
+@dataclass(frozen=True)
+class StickReport:
+    """What a stick sync found and did, for the journal: the outcome the person is told,
+    and what the stick's ledger needs (a producer never writes the ledger itself)."""
+
+    outcome: Outcome
+    uuid: str  # "" when the stick has no filesystem UUID: then it has no ledger
+    label: str
+    fstype: str = ""
+    free_bytes: int | None = None
+    holds: tuple[StickFile, ...] | None = None  # our verified copies now (None: not looked)
+    copies_ok: bool = False  # every wanted archive verified on the stick (the sync's verdict)
 
 
 def record(agent: AgentConfig, outcome: Outcome) -> None:
@@ -61,3 +78,43 @@ def _remember_archive(state_dir: Path, made: ArchiveRecord) -> None:
     kept = [r for r in state.journal_entries(state_dir) if r.name != made.name]
     newest = sorted([made, *kept], key=lambda r: r.recorded, reverse=True)
     write_json(state_dir / "archives.json", [r.to_json() for r in newest[: state.MAX_ARCHIVES]])
+
+
+def record_stick(agent: AgentConfig, report: StickReport) -> None:
+    """Record a stick's outcome and update its ledger: copies verified (even when what
+    followed failed, e.g. the unmount), then the error the person was told, if any."""
+    if report.uuid:
+        names = tuple(f.name for f in report.holds) if report.holds is not None else None
+        d = agent.state_dir
+        u, label, fstype = report.uuid, report.label, report.fstype
+        if report.copies_ok:
+            newest = names[0] if names else ""
+            holds = report.holds or ()
+            ledger.record_ok(d, u, label, names or (), report.free_bytes, newest, fstype, holds)
+        if not report.outcome.ok:
+            summary = report.outcome.summary
+            free = report.free_bytes
+            ledger.record_error(d, u, label, summary, names, free, fstype, report.holds)
+    record(agent, report.outcome)
+
+
+def note_mount(path: Path, facts: dict[str, Any]) -> None:
+    """Remember a mount the agent made (`mounts/<uuid>.json`), so a restart unmounts it."""
+    write_json(path, facts)
+
+
+def forget_mount(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def heartbeat(agent: AgentConfig, data: dict[str, Any]) -> None:
+    write_json(agent.state_dir / "heartbeat.json", data)
+
+
+def keep_note(state_dir: Path, note: Note) -> None:
+    """A notification nobody could be shown yet: kept until someone logs in."""
+    outbox.add(state_dir, note)
+
+
+def notes_delivered(state_dir: Path, notes: list[Note]) -> None:
+    outbox.discard(state_dir, notes)

@@ -92,7 +92,7 @@ def record_ok(
     uuid: str,
     label: str,
     archives: tuple[str, ...],
-    free_bytes: int,
+    free_bytes: int | None,
     newest_verified: str,
     fstype: str = "",
     copies: tuple[StickFile, ...] = (),

@@ -37,9 +37,9 @@ from dbus_next.constants import BusType, MessageType
 from dbus_next.message import Message
 from dbus_next.signature import Variant
 
-from usbagent import outbox
+from usbagent import journal, outbox
 from usbagent.config import Config
-from usbagent.events import Outcome
+from usbagent.events import Outcome, removal_of
 from usbagent.outbox import CRITICAL, NORMAL, Note
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,9 @@ def render(outcome: Outcome) -> Note | None:
     if kind == "stick-recognised":
         return _note(outcome, "Backup stick found: copying, do not remove it", body, NORMAL)
     if kind == "sync" and outcome.ok:
-        if "safe to remove" not in body.lower():
-            body = f"{body} Safe to remove."
-        return _note(outcome, "Backup copied: stick safe to remove", body, NORMAL)
+        unmount = removal_of(outcome) in ("after-unmount", "left-mounted")  # data, not words
+        title = "unmount the stick before removing it" if unmount else "stick safe to remove"
+        return _note(outcome, f"Backup copied: {title}", body, NORMAL)
     if kind == "sync":
         return _note(outcome, "Backup copy to stick FAILED", body, CRITICAL)
     if kind == "refused":
@@ -281,7 +281,7 @@ async def _deliver_or_keep(bus: MessageBus | None, state_dir: Path, note: Note) 
         note.summary,
         note.body,
     )
-    await asyncio.to_thread(outbox.add, state_dir, note)
+    await asyncio.to_thread(journal.keep_note, state_dir, note)
 
 
 async def deliver_missed(session: Session, state_dir: Path, wait: float) -> None:
@@ -291,7 +291,7 @@ async def deliver_missed(session: Session, state_dir: Path, wait: float) -> None
         return
     shown = [await deliver_as(session.uid, n, wait) for n in missed(notes)]
     if all(shown):
-        await asyncio.to_thread(outbox.discard, state_dir, notes)
+        await asyncio.to_thread(journal.notes_delivered, state_dir, notes)
 
 
 class Notifier:

@@ -1,34 +1,32 @@
 """Stick sync: audit the copies on a mounted stick, copy + verify what is missing, prune.
 
-`sync_mounted` is the blocking core; the agent runs it in a worker thread after mounting,
-and `usbagent sync MOUNTPOINT` runs it on a stick somebody mounted by hand. Either way it
-records the outcome (state dir + per-stick ledger) itself, so a recognised stick that did
-not end up with verified copies is always recorded as an error, never silent.
+`sync_stick` is the blocking core; the agent runs it in a worker thread after mounting,
+and `usbagent sync MOUNTPOINT` (`usbagent.synccmd`) runs it on a stick somebody mounted by
+hand. It records nothing: it returns a `journal.StickReport`, and whoever ends the stick's
+handling words how to take it out (`told`) and records it once, so a recognised stick
+that did not end up with verified copies is always recorded as an error, never silent.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import errno
 import fcntl
 import hashlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from usbagent import journal, ledger, mounts, naming, retention, state
+from usbagent import ledger, mounts, naming, retention, state
 from usbagent.config import Config
 from usbagent.copier import (
     CHUNK,
@@ -39,9 +37,10 @@ from usbagent.copier import (
     VerifyFailed,
 )
 from usbagent.copier import parse_sidecar as _parse_sidecar
-from usbagent.devices import Partition, describe, label_matches, refusal_reason
+from usbagent.devices import Partition, describe, refusal_reason
 from usbagent.errors import UsbagentError
-from usbagent.events import Outcome
+from usbagent.events import Outcome, Removal
+from usbagent.journal import StickReport
 from usbagent.mounts import MountEntry
 from usbagent.plan import (
     Audit,
@@ -237,18 +236,20 @@ def human(n: int | None) -> str:
     return "? bytes" if n is None else human_bytes(n)
 
 
-def sync_mounted(
+def sync_stick(
     config: Config,
     mountpoint: Path,
     partition: Partition | None,
     cancel: threading.Event,
     progress: ProgressCallback | None = None,
     accepted: AcceptedCallback | None = None,
-) -> Outcome:
-    """Bring the stick mounted at `mountpoint` up to date; record and return the outcome.
+) -> StickReport:
+    """Bring the stick mounted at `mountpoint` up to date; return what happened, recording
+    nothing: whoever ends the stick's handling (unmount, power-off) says how it may be taken
+    out (`told`) and hands the report to the journal once.
 
-    Blocking (the agent calls it in a worker thread). Returns kind "sync" (ok or not) or
-    "refused"; it never raises for stick or I/O problems. When `cancel` is set it stops
+    Blocking (the agent calls it in a worker thread). The outcome is kind "sync" (ok or not)
+    or "refused"; it never raises for stick or I/O problems. When `cancel` is set it stops
     within about a second, leaving no `.partial` behind when the stick still allows it.
     `accepted` is called (in this thread) once every rule passed and copying starts, so a
     stick that ends up refused is never first announced as being backed up.
@@ -278,8 +279,44 @@ def sync_mounted(
     except Exception as exc:  # a bug must still end as a recorded failure, never silence
         log.exception("stick sync failed unexpectedly")
         outcome = _failed(run, f"internal error: {exc!r} (please report it)")
-    _record(config, run, outcome)
-    return outcome
+    return _report(run, outcome)
+
+
+def told(
+    report: StickReport, removal: Removal = "after-unmount", where: Path | None = None
+) -> StickReport:
+    """The report with what the person is told about taking the stick out (a successful
+    sync only): the one place that wording is made, with the same fact as data."""
+    outcome = report.outcome
+    if outcome.kind != "sync" or not outcome.ok:
+        return report
+    tail = {
+        "after-unmount": "safe to remove after unmount",
+        "unmounted": "unmounted, safe to remove",
+        "powered-off": "unmounted and powered off, safe to remove",
+        "left-mounted": f"left mounted at {where} as it was found (usbagent did not mount "
+        "it): unmount it before removing the stick",
+    }[removal]
+    details = {
+        **outcome.details,
+        "removal": removal,
+        "unmounted": removal in ("unmounted", "powered-off"),
+        "powered_off": removal == "powered-off",
+    }
+    said = dataclasses.replace(outcome, summary=f"{outcome.summary}; {tail}", details=details)
+    return dataclasses.replace(report, outcome=said)
+
+
+def _report(run: _Run, outcome: Outcome) -> StickReport:
+    return StickReport(
+        outcome=outcome,
+        uuid=run.uuid,
+        label=run.label,
+        fstype=run.fstype,
+        free_bytes=run.free_bytes,
+        holds=run.holds(),
+        copies_ok=outcome.ok,
+    )
 
 
 BLKROGET = 0x125E  # linux/fs.h: is the block device read-only (write-protected)?
@@ -531,7 +568,7 @@ def _finished(run: _Run, config: Config, have_local: bool) -> Outcome:
     if (problem := _problem(run, config, have_local)) is not None:
         return _failed(run, problem)
     verified = len(run.holds() or ())
-    tail = f"{human(run.free_bytes)} free; safe to remove after unmount"
+    tail = f"{human(run.free_bytes)} free"  # how to take it out: see `told`
     notes = []
     if run.removed_corrupt:
         notes.append(f"replaced {len(run.removed_corrupt)} corrupt copy(ies)")
@@ -591,46 +628,11 @@ def refused_outcome(partition: Partition, reason: str) -> Outcome:
     return _refused(run, reason)
 
 
-def record_refusal(config: Config, partition: Partition, reason: str) -> Outcome:
-    """Record a pre-mount refusal in the state dir and the stick's ledger; return it."""
+def refusal(partition: Partition, reason: str) -> StickReport:
+    """A pre-mount refusal, for the journal (the stick's ledger records it too)."""
     outcome = refused_outcome(partition, reason)
-    ledger_update(config, partition.uuid, outcome.details["label"], outcome, None)
-    journal.record(config.agent, outcome)
-    return outcome
-
-
-def _record(config: Config, run: _Run, outcome: Outcome) -> None:
-    ledger_update(config, run.uuid, run.label, outcome, run.holds())
-    journal.record(config.agent, outcome)
-
-
-def ledger_update(
-    config: Config,
-    uuid: str,
-    label: str,
-    outcome: Outcome,
-    holds: tuple[StickFile, ...] | None,
-) -> None:
-    """Write the outcome into the stick's ledger (sticks without a UUID have none).
-
-    `holds`: our verified copies on the stick now (None: not looked at, keep the record's).
-    Only these are named in the ledger: a file usbagent did not write and verify never is.
-    """
-    if not uuid:
-        return
-    d = outcome.details
-    names = tuple(f.name for f in holds) if holds is not None else None
-    fstype = d.get("fstype", "")
-    state_dir = config.agent.state_dir
-    if outcome.ok:
-        newest = names[0] if names else ""
-        ledger.record_ok(
-            state_dir, uuid, label, names or (), d["free_bytes"], newest, fstype, holds or ()
-        )
-    else:
-        ledger.record_error(
-            state_dir, uuid, label, outcome.summary, names, d.get("free_bytes"), fstype, holds
-        )
+    label = partition.label or partition.part_name
+    return StickReport(outcome, partition.uuid, label, partition.fstype)
 
 
 _CAUSES = {
@@ -662,7 +664,7 @@ def _cause(exc: OSError, destination: Path) -> str:
 # --- `usbagent sync MOUNTPOINT` -----------------------------------------------------------
 
 
-def _find_mount(raw: str) -> tuple[Path, MountEntry]:
+def find_mount(raw: str) -> tuple[Path, MountEntry]:
     path = Path(os.path.realpath(raw))
     entry = mounts.mount_at(path, mounts.read())
     if not path.is_dir():
@@ -744,57 +746,3 @@ def _blkid(device: str) -> dict[str, str]:
             "PART_ENTRY_NAME": "ID_PART_ENTRY_NAME"}  # fmt: skip
     pairs = (line.split("=", 1) for line in out.splitlines() if "=" in line)
     return {keys[k]: v for k, v in pairs if k in keys}
-
-
-def run(config: Config, args: argparse.Namespace) -> int:
-    """`usbagent sync MOUNTPOINT`: the agent's sync, on a stick mounted by someone else."""
-    mountpoint, entry = _find_mount(args.mountpoint)
-    partition = facts_for_mount(mountpoint, entry)
-    if not label_matches(partition, config.usb):
-        shown = " / ".join(x for x in (partition.label, partition.part_name) if x) or "no label"
-        raise UsbagentError(
-            f"{mountpoint} ({partition.device}, {shown}) is not a backup stick: its label or "
-            f"GPT partition name must be one of usb.labels ({', '.join(config.usb.labels)})"
-        )
-    reason = precheck(config, partition)
-    if reason is not None:
-        outcome = record_refusal(config, partition, reason)
-        print(f"usbagent sync: {outcome.summary}", file=sys.stderr)
-        return 1
-    cancel = threading.Event()
-    with _cancel_on_signals(cancel):
-        outcome = sync_mounted(config, mountpoint, partition, cancel, _print_progress())
-    if outcome.ok:
-        print(outcome.summary)
-        return 0
-    print(f"usbagent sync: {outcome.summary}", file=sys.stderr)
-    return 1
-
-
-@contextmanager
-def _cancel_on_signals(cancel: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT stop the copy cleanly (partials removed) instead of killing mid-write."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        cancel.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _print_progress() -> ProgressCallback | None:
-    """A one-line progress display on a terminal; nothing when run by a script or a unit."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(p: Progress) -> None:
-        pct = 100 * p.done_bytes // max(p.total_bytes, 1)
-        print(f"\r[{p.index}/{p.total}] {p.name} {pct}%", end="", file=sys.stderr, flush=True)
-        if p.done_bytes == p.total_bytes:
-            print(file=sys.stderr)
-
-    return show

@@ -218,6 +218,15 @@ def assert_served(stick: Stick, env: Env, names: list[str]) -> None:
     assert last["ok"] is True, last
 
 
+def assert_recorded_as_told(env: Env, summary: str, removal: str) -> None:
+    """The state dir holds exactly what the person was told, and how the stick was left."""
+    last = json.loads((env.state_dir / "last" / "sync.json").read_text())
+    assert last["summary"] == summary
+    assert last["details"]["removal"] == removal
+    told = [e for e in state.events(env.state_dir) if e.kind == "sync"]
+    assert told[-1].summary == summary, "the history holds a sync the person was not told"
+
+
 # --- main flow, both backends ---------------------------------------------------------------
 
 
@@ -233,6 +242,7 @@ def test_plugged_stick_gets_verified_copies_and_is_unmounted(
     assert kind == "sync" and "copied 2 archive(s)" in summary, summary
     assert summary.endswith("unmounted, safe to remove"), summary
     assert_served(stick, env, names)
+    assert_recorded_as_told(env, summary, "unmounted")
     # re-plug: served again (an archive made meanwhile is copied)
     stick.unplug()
     names.append(write_archive(env.destination, 3, 2 * MIB))
@@ -599,6 +609,7 @@ def test_a_stick_mounted_by_someone_else_is_used_and_left_as_it_was_found(
         assert f"left mounted at {theirs} as it was found" in summary
         assert "unmount it before removing the stick" in summary
         assert "safe to remove" not in summary
+        assert_recorded_as_told(env, summary, "left-mounted")
         on_stick = {
             p.name: hashlib.sha256(p.read_bytes()).digest() for p in (theirs / "usbagent").iterdir()
         }

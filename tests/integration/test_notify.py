@@ -156,8 +156,10 @@ def config(tmp_path: Path, desktop: Desktop, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def sync_ok() -> Outcome:
-    return Outcome("sync", True, "3 archives (1.2 GiB) copied to SOVB and verified.",
-                   details={"label": "SOVB", "copied": 3, "bytes": 1_288_490_189})  # fmt: skip
+    return Outcome("sync", True,
+                   "3 archives (1.2 GiB) copied to SOVB and verified; unmounted, safe to remove",
+                   details={"label": "SOVB", "copied": 3, "bytes": 1_288_490_189,
+                            "removal": "unmounted"})  # fmt: skip
 
 
 def stale() -> Outcome:
@@ -199,8 +201,7 @@ def test_logged_in_user_is_notified_through_a_helper_running_as_that_user(
     assert shown["uid"] == desktop.uid  # delivered as the user, not as root
     assert shown["app_name"] == "usbagent"
     assert shown["summary"] == "Backup copied: stick safe to remove"
-    assert shown["body"].startswith("3 archives (1.2 GiB) copied to SOVB and verified.")
-    assert "Safe to remove." in shown["body"]
+    assert shown["body"] == sync_ok().summary  # exactly what was recorded
     assert shown["hints"]["urgency"] == outbox.NORMAL
     earlier = server.next_event()
     assert earlier["summary"] == "Missed while you were away: Backup stick not used"
@@ -447,7 +448,7 @@ def test_a_real_notification_server_displays_it(
     sync_shown = shown["Backup copied: stick safe to remove"]
     assert stale_shown["appname"]["data"] == "usbagent"
     assert "6 d 2 h old" in stale_shown["body"]["data"]
-    assert "Safe to remove." in sync_shown["body"]["data"]
+    assert sync_ok().summary in sync_shown["body"]["data"]
     # dunst's history has no urgency field, but its defaults show it: a critical
     # notification never times out (0), a normal one does (10 s).
     assert stale_shown["timeout"]["data"] == 0

@@ -27,7 +27,7 @@ from pyrage import x25519
 from tests.integration.dbus_doubles import private_system_bus
 from tests.stack import MakeStick, PartSpec
 from tests.stack.user_manager import UserManager
-from usbagent import doctor, journal, ledger, naming, state, sync, systemd, udev
+from usbagent import doctor, journal, ledger, naming, state, sync, synccmd, systemd, udev
 from usbagent.config import AgentConfig, ArchiveConfig, Config, UsbConfig
 from usbagent.events import Outcome
 
@@ -436,7 +436,7 @@ def test_doctor_flags_a_fat32_stick_the_agent_refused(
     assert facts is not None and facts.fstype == "vfat"
     reason = sync.precheck(config, facts)
     assert reason is not None and "FAT32 cannot hold" in reason
-    sync.record_refusal(config, facts, reason)
+    synccmd.record_refusal(config, facts, reason)
 
     found = "\n".join(problems(deployment, config))
     assert f"stick {unique_label.upper()} ({facts.uuid})" in found

@@ -26,7 +26,8 @@ from usbagent import ledger, naming, state
 from usbagent.config import Config
 from usbagent.devices import FAT_MAX_FILE
 from usbagent.events import Outcome
-from usbagent.sync import Progress, facts_at, facts_for_device, precheck, sync_mounted
+from usbagent.sync import Progress, facts_at, facts_for_device, precheck
+from usbagent.synccmd import sync_mounted
 
 pytestmark = pytest.mark.stack
 

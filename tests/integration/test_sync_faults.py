@@ -35,7 +35,8 @@ from tests.stack import MakeStick, PartSpec
 from usbagent import ledger, naming, state
 from usbagent.config import Config
 from usbagent.events import Outcome
-from usbagent.sync import Progress, facts_at, sync_mounted
+from usbagent.sync import Progress, facts_at
+from usbagent.synccmd import sync_mounted
 
 pytestmark = pytest.mark.stack
 

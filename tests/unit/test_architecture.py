@@ -44,7 +44,7 @@ JOURNAL_READERS: dict[str, frozenset[str]] = {
     "metrics": frozenset({"render", "MetricFacts", "KINDS"}),
 }  # fmt: skip
 # Not split yet (issue 10): the size each had when the limit came; none may grow.
-OVERSIZE = {"agent": 620, "archive": 404, "doctor": 505, "notify": 519, "status": 762, "sync": 780}
+OVERSIZE = {"agent": 602, "archive": 404, "doctor": 505, "notify": 519, "status": 762, "sync": 728}
 STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
 
 
@@ -196,6 +196,31 @@ def state_dir_writes(module: ast.Module) -> Iterator[int]:
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
         if name in STATE_WRITERS and any("state_dir" in ast.unparse(a) for a in node.args):
             yield node.lineno
+
+
+def test_only_the_journal_writes_the_state_dir() -> None:
+    bad = []
+    for m in modules():
+        if layer_of(m) == "journal":
+            continue
+        bad += [
+            f"{m}.py:{line} uses {part}.{name}"
+            for part, name, line in journal_uses(tree(m))
+            if name not in JOURNAL_READERS[part]
+        ]
+        bad += [f"{m}.py:{line} writes into a state dir" for line in state_dir_writes(tree(m))]
+    assert bad == []
+
+
+def test_the_state_dir_rule_sees_writers() -> None:
+    probe = ast.parse(
+        "from usbagent import ledger as l, state\n"
+        "from usbagent.outbox import add\n"
+        "l.record_ok(d)\nstate.write_json(p, 1)\nwrite_atomic(cfg.state_dir / 'x', b'')\n"
+    )
+    found = {(p, n) for p, n, _ in journal_uses(probe)}
+    assert {("ledger", "record_ok"), ("state", "write_json"), ("outbox", "add")} <= found
+    assert list(state_dir_writes(probe)) == [5]
 
 
 def test_no_module_over_the_line_limit_and_none_of_the_old_giants_grows() -> None:

@@ -18,7 +18,7 @@ T = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
     ("kind", "ok", "summary", "urgency"),
     [
         ("stick-recognised", True, "Backup stick found: copying, do not remove it", NORMAL),
-        ("sync", True, "Backup copied: stick safe to remove", NORMAL),
+        ("sync", True, "Backup copied: stick safe to remove", NORMAL),  # no removal: older
         ("sync", False, "Backup copy to stick FAILED", CRITICAL),
         ("refused", False, "Backup stick not used", NORMAL),
         ("archive", False, "Nightly backup FAILED", CRITICAL),
@@ -37,11 +37,23 @@ def test_successful_archive_is_not_news() -> None:
     assert notify.render(Outcome("archive", True, "archive made", T)) is None
 
 
-def test_sync_success_always_says_safe_to_remove_once() -> None:
-    plain = notify.render(Outcome("sync", True, "2 archives copied.", T))
-    said = notify.render(Outcome("sync", True, "2 archives copied, safe to remove.", T))
-    assert plain is not None and plain.body == "2 archives copied. Safe to remove."
-    assert said is not None and said.body.lower().count("safe to remove") == 1
+@pytest.mark.parametrize(
+    ("removal", "title"),
+    [
+        ("powered-off", "Backup copied: stick safe to remove"),
+        ("unmounted", "Backup copied: stick safe to remove"),
+        ("left-mounted", "Backup copied: unmount the stick before removing it"),
+        ("after-unmount", "Backup copied: unmount the stick before removing it"),
+    ],
+)
+def test_sync_success_title_follows_how_the_stick_was_left_not_the_words(
+    removal: str, title: str
+) -> None:
+    """The body is the summary exactly as recorded; the title comes from the removal fact,
+    so words in the summary ("safe to remove") can neither add nor hide it."""
+    summary = "2 archives copied, safe to remove later perhaps"
+    note = notify.render(Outcome("sync", True, summary, T, {"removal": removal}))
+    assert note is not None and (note.summary, note.body) == (title, summary)
 
 
 def note(i: int, urgency: int = NORMAL) -> Note:
