@@ -42,7 +42,8 @@ from typing import Any, TypeVar
 from usbagent import journal, mounts, sources, state, sync
 from usbagent.backend import Backend, DeviceError, DeviceEvent, EventQueue, Mount
 from usbagent.config import Config
-from usbagent.devices import Partition, describe, label_matches
+from usbagent.decide import Core, Decision, Serve, StartGrace, StopGrace, stick_id
+from usbagent.devices import Partition, describe
 from usbagent.errors import UsbagentError
 from usbagent.events import EventBus, Outcome
 from usbagent.journal import StickReport
@@ -62,11 +63,6 @@ PROGRESS_EVERY = 0.5  # seconds between progress updates forwarded from a sync t
 
 
 # --- small pure helpers ---------------------------------------------------------------------
-
-
-def stick_id(p: Partition) -> str:
-    """One job per physical filesystem: UUID when known, else the backend's device key."""
-    return p.uuid or p.key
 
 
 def idle_status(labels: tuple[str, ...], last_error: str | None) -> str:
@@ -148,10 +144,7 @@ class Agent:
         self.watchdog = watchdog
         self.bus = EventBus()
         self.queue: EventQueue = asyncio.Queue()
-        self.present: dict[str, Partition] = {}  # device key -> latest facts
-        # device key -> fs UUID decided during its current plug (a new UUID on the same
-        # device is a reformatted or swapped stick, even if its removal was never seen)
-        self.handled: dict[str, str] = {}
+        self.core = Core(config.usb)  # the decisions; this class carries them out
         self.jobs: dict[str, Job] = {}  # stick id -> job in progress
         self._unprobed: dict[str, asyncio.TimerHandle] = {}  # device key -> grace timer
         self.last_error: str | None = None
@@ -190,6 +183,7 @@ class Agent:
 
     def stop(self) -> None:
         """Ask `run` to shut down as on SIGTERM (for in-process use: the demo, tests)."""
+        self.core.stopping = True
         self._stop.set()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -350,64 +344,35 @@ class Agent:
     def _on_event(self, event: DeviceEvent) -> None:
         action, p = event
         log.debug("%s %s %s", action, p.device, p)
-        if action == "removed":
-            self.present.pop(p.key, None)
-            self.handled.pop(p.key, None)
-            if (timer := self._unprobed.pop(p.key, None)) is not None:
-                timer.cancel()
-            for job in self.jobs.values():
-                if job.partition.key == p.key:
-                    log.warning("%s was removed while being served", describe(p))
-                    job.pulled = True
-                    job.cancel.set()
-            return
-        if action == "changed" and p.key not in self.present:
-            return  # a device we consider removed comes back only with a new "added"
-        self.present[p.key] = p
-        self._consider(p)
+        self._carry_out(self.core.on_event(action, p))
 
-    def _consider(self, p: Partition, waited: bool = False) -> None:
-        """Serve `p` if it is ours, not yet decided during this plug and not already busy."""
-        if self.handled.get(p.key) == p.uuid or self._stop.is_set():
-            return
-        if not label_matches(p, self.config.usb):
-            log.debug(
-                "ignoring %s: label %r / name %r not configured", p.device, p.label, p.part_name
-            )
-            return
-        if not (p.fstype or p.uuid or waited):
-            self._wait_for_probe(p)
-            return
-        if (timer := self._unprobed.pop(p.key, None)) is not None:
-            timer.cancel()
-        if stick_id(p) in self.jobs:
-            log.debug("%s is being served already; later", p.device)
-            return
-        self.handled[p.key] = p.uuid
-        job = Job(partition=p)
-        self.jobs[stick_id(p)] = job
-        job.task = self._spawn(self._serve(job))
+    def _carry_out(self, decisions: list[Decision]) -> None:
+        """Do what the decision core decided (usbagent.decide): the daemon's only part."""
+        for d in decisions:
+            if isinstance(d, Serve):
+                new = Job(partition=d.partition)
+                self.jobs[stick_id(d.partition)] = new
+                new.task = self._spawn(self._serve(new))
+            elif isinstance(d, StartGrace):
+                log.debug("%s: no filesystem facts yet; waiting %.0f s", d.key, PROBE_GRACE)
+                loop = asyncio.get_running_loop()
+                self._unprobed[d.key] = loop.call_later(PROBE_GRACE, self._grace_over, d.key)
+            elif isinstance(d, StopGrace):
+                if (timer := self._unprobed.pop(d.key, None)) is not None:
+                    timer.cancel()
+            elif (job := self.jobs.get(d.stick)) is not None:  # Pulled
+                log.warning("%s was removed while being served", describe(job.partition))
+                job.pulled = True
+                job.cancel.set()
 
-    def _wait_for_probe(self, p: Partition) -> None:
-        """A labelled partition without filesystem facts yet: udev/UDisks2 may still be
-        probing it (a big stick takes a moment). Judge it only if it stays that way, so a
-        stick that is fine never gets a false "unknown filesystem" refusal."""
-        if p.key not in self._unprobed:
-            log.debug("%s: no filesystem facts yet; waiting %.0f s", p.device, PROBE_GRACE)
-            loop = asyncio.get_running_loop()
-            self._unprobed[p.key] = loop.call_later(PROBE_GRACE, self._probe_grace_over, p.key)
-
-    def _probe_grace_over(self, key: str) -> None:
+    def _grace_over(self, key: str) -> None:
         self._unprobed.pop(key, None)
-        if (p := self.present.get(key)) is not None:
-            self._consider(p, waited=True)
+        self._carry_out(self.core.grace_over(key))
 
     def _job_ended(self, job: Job) -> None:
         self.jobs.pop(stick_id(job.partition), None)
         self._update_status()
-        for p in list(self.present.values()):  # e.g. re-plugged while the old job wound down
-            if stick_id(p) == stick_id(job.partition):
-                self._consider(p)
+        self._carry_out(self.core.job_ended(stick_id(job.partition)))
 
     # --- one stick ------------------------------------------------------------------------
 

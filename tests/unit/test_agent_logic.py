@@ -7,9 +7,10 @@ import threading
 from pathlib import Path
 
 from usbagent import journal, mounts, state
-from usbagent.agent import idle_status, lag_summary, progress_status, stick_id
+from usbagent.agent import idle_status, lag_summary, progress_status
 from usbagent.backend import EventQueue, emit
 from usbagent.config import AgentConfig
+from usbagent.decide import stick_id
 from usbagent.devices import Partition
 from usbagent.events import Outcome
 from usbagent.udev import facts_from_udev, is_candidate, mount_name

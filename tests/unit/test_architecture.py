@@ -22,7 +22,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "sources": frozenset({"backend", "sources", "udisks", "udev"}),
     "stick": frozenset({"copier", "sync"}),
     "journal": frozenset({"journal", "state", "ledger", "outbox", "metrics"}),
-    "agent": frozenset({"agent"}),
+    "agent": frozenset({"agent", "decide"}),
     "notify": frozenset({"notify"}),
 }
 # Modules and libraries that do I/O: policy may import none of them.
@@ -44,7 +44,7 @@ JOURNAL_READERS: dict[str, frozenset[str]] = {
     "metrics": frozenset({"render", "MetricFacts", "KINDS"}),
 }  # fmt: skip
 # Not split yet (issue 10): the size each had when the limit came; none may grow.
-OVERSIZE = {"agent": 602, "archive": 404, "doctor": 505, "notify": 519, "status": 762, "sync": 728}
+OVERSIZE = {"agent": 567, "archive": 404, "doctor": 505, "notify": 519, "status": 762, "sync": 728}
 STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
 
 
@@ -151,6 +151,17 @@ def test_policy_imports_nothing_doing_io() -> None:
         f"{m}.py:{line} imports {name}"
         for m in sorted(LAYERS["policy"])
         for name, _, line in imported(m)
+        if (ours(name) and name not in allowed) or name in IO_MODULES
+    ]
+    assert bad == []
+
+
+def test_the_agents_decision_core_does_no_io() -> None:
+    """decide: event + state -> actions; only the daemon (agent) acts."""
+    allowed = LAYERS["model"] | LAYERS["policy"] | {"backend"}  # backend: the Action type
+    bad = [
+        f"decide.py:{line} imports {name}"
+        for name, _, line in imported("decide")
         if (ours(name) and name not in allowed) or name in IO_MODULES
     ]
     assert bad == []
