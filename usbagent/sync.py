@@ -15,7 +15,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -681,24 +680,9 @@ def facts_for_mount(mountpoint: Path, entry: MountEntry) -> Partition:
     """Label, GPT name, UUID, type and bus of the device mounted at `mountpoint`."""
     major, minor = entry.devnum
     extra = {"ID_FS_TYPE": entry.fstype, "MAJOR": str(major), "MINOR": str(minor)}
-    return facts_for_device(entry.source, extra, {entry.devnum: (str(mountpoint),)})
-
-
-def facts_for_device(
-    device: str,
-    defaults: dict[str, str] | None = None,
-    mounts: dict[tuple[int, int], tuple[str, ...]] | None = None,
-) -> Partition:
-    """A partition's facts from the udev database (what the agent's udev backend sees),
-    completed by blkid when udev has no filesystem facts (udevd not running)."""
     from usbagent import udev  # deferred: pyudev is only needed here and in the agent
 
-    props, size, sys_path, drive = _udev_props(device)
-    if not props.get("ID_FS_TYPE"):
-        props.update(_blkid(device))
-    for key, value in {"DEVNAME": device, **(defaults or {})}.items():
-        props.setdefault(key, value)
-    return udev.facts_from_udev(sys_path or device, props, size, drive, mounts or {})
+    return udev.facts_for_device(entry.source, extra, {entry.devnum: (str(mountpoint),)})
 
 
 def _facts_if_known(mountpoint: Path) -> Partition | None:
@@ -714,35 +698,3 @@ def facts_at(mountpoint: Path) -> Partition | None:
     """Facts of the filesystem mounted exactly at `mountpoint`, or None if nothing is."""
     entry = mounts.mount_at(mountpoint, mounts.read())
     return facts_for_mount(mountpoint, entry) if entry else None
-
-
-def _udev_props(device: str) -> tuple[dict[str, str], int, str, str]:
-    import pyudev
-
-    try:
-        dev = pyudev.Devices.from_device_file(pyudev.Context(), device)
-    except (pyudev.DeviceNotFoundError, ValueError, OSError):
-        return {}, 0, "", ""
-    props = {k: str(dev.properties[k]) for k in dev.properties}
-    try:
-        size = int(dev.attributes.asint("size")) * 512
-    except (KeyError, ValueError):
-        size = 0
-    parent = dev.find_parent("block", "disk")
-    if any(a.subsystem == "usb" for a in dev.ancestors) and not props.get("ID_BUS"):
-        props["ID_BUS"] = "usb"
-    return props, size, str(dev.sys_path), str(parent.sys_path) if parent is not None else ""
-
-
-def _blkid(device: str) -> dict[str, str]:
-    try:
-        out = subprocess.run(
-            ["blkid", "-p", "-o", "export", device],
-            capture_output=True, text=True, timeout=30, check=False,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    keys = {"LABEL": "ID_FS_LABEL", "UUID": "ID_FS_UUID", "TYPE": "ID_FS_TYPE",
-            "PART_ENTRY_NAME": "ID_PART_ENTRY_NAME"}  # fmt: skip
-    pairs = (line.split("=", 1) for line in out.splitlines() if "=" in line)
-    return {keys[k]: v for k, v in pairs if k in keys}

@@ -18,6 +18,8 @@ import contextlib
 import logging
 import os
 import re
+import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 import pyudev
@@ -73,18 +75,72 @@ def facts_from_udev(
     )
 
 
-def facts_of(device: pyudev.Device) -> Partition | None:
-    """The facts of a udev block device, or None when it is no candidate partition."""
+def with_usb_bus(props: dict[str, str], ancestor_subsystems: Collection[str]) -> dict[str, str]:
+    """ID_BUS=usb for a device below a USB device when udev named no bus (pure).
+
+    Both `usbagent sync` and the agent's udev backend judge `usb.require_usb` by this, so
+    the same stick never gets two verdicts.
+    """
+    if props.get("ID_BUS") or "usb" not in ancestor_subsystems:
+        return props
+    return {**props, "ID_BUS": "usb"}
+
+
+def props_of(device: pyudev.Device) -> tuple[dict[str, str], int, str]:
+    """The one reading of a udev block device: (properties, size in bytes, drive sys path)."""
     props = {k: str(device.properties[k]) for k in device.properties}
-    if not is_candidate(props):
-        return None
+    props = with_usb_bus(props, [a.subsystem for a in device.ancestors])
     try:
         size = int(device.attributes.asint("size")) * 512  # sysfs counts 512-byte sectors
     except (KeyError, ValueError):
         size = 0
     parent = device.find_parent("block", "disk") if props.get("DEVTYPE") == "partition" else None
     drive = str(parent.sys_path) if parent is not None else str(device.sys_path)
+    return props, size, drive
+
+
+def facts_of(device: pyudev.Device) -> Partition | None:
+    """The facts of a udev block device, or None when it is no candidate partition."""
+    props, size, drive = props_of(device)
+    if not is_candidate(props):
+        return None
     return facts_from_udev(str(device.sys_path), props, size, drive, _read_mounts())
+
+
+def facts_for_device(
+    device: str,
+    defaults: dict[str, str] | None = None,
+    mounts: dict[tuple[int, int], tuple[str, ...]] | None = None,
+) -> Partition:
+    """A device node's facts for `usbagent sync`, read as the agent's udev backend reads
+    them (`props_of`), completed by blkid when udev has no filesystem facts (no udevd)."""
+    try:
+        dev = pyudev.Devices.from_device_file(pyudev.Context(), device)
+    except (pyudev.DeviceNotFoundError, ValueError, OSError):
+        props: dict[str, str] = {}
+        size, sys_path, drive = 0, device, ""
+    else:
+        props, size, drive = props_of(dev)
+        sys_path = str(dev.sys_path)
+    if not props.get("ID_FS_TYPE"):
+        props.update(_blkid(device))
+    for key, value in {"DEVNAME": device, **(defaults or {})}.items():
+        props.setdefault(key, value)
+    return facts_from_udev(sys_path, props, size, drive, mounts or {})
+
+
+def _blkid(device: str) -> dict[str, str]:
+    try:
+        out = subprocess.run(
+            ["blkid", "-p", "-o", "export", device],
+            capture_output=True, text=True, timeout=30, check=False,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    keys = {"LABEL": "ID_FS_LABEL", "UUID": "ID_FS_UUID", "TYPE": "ID_FS_TYPE",
+            "PART_ENTRY_NAME": "ID_PART_ENTRY_NAME"}  # fmt: skip
+    pairs = (line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {keys[k]: v for k, v in pairs if k in keys}
 
 
 def mount_name(p: Partition) -> str:

@@ -26,8 +26,9 @@ from usbagent import ledger, naming, state
 from usbagent.config import Config
 from usbagent.devices import FAT_MAX_FILE
 from usbagent.events import Outcome
-from usbagent.sync import Progress, facts_at, facts_for_device, precheck
+from usbagent.sync import Progress, facts_at, precheck
 from usbagent.synccmd import sync_mounted
+from usbagent.udev import facts_for_device
 
 pytestmark = pytest.mark.stack
 

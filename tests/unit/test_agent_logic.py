@@ -204,3 +204,21 @@ def test_udev_mount_point_name_cannot_escape_the_mount_folder() -> None:
     assert mount_name(_p("k", uuid="abcd-1234", device="/dev/sdb1")) == "abcd-1234"
     for hostile in ("../../etc", "a/b", "", ".hidden", "x" * 80):
         assert mount_name(_p("k", uuid=hostile, device="/dev/sdb1")) == "sdb1"
+
+
+def test_a_device_below_usb_is_on_usb_for_every_reader_even_without_id_bus() -> None:
+    """The rule `usbagent sync` alone applied before: the udev backend then refused, under
+    require_usb, a stick that `usbagent sync` accepted."""
+    from usbagent.config import UsbConfig
+    from usbagent.devices import refusal_reason
+    from usbagent.udev import with_usb_bus
+
+    props = {"DEVTYPE": "partition", "DEVNAME": "/dev/sdb1", "ID_FS_LABEL": "B",
+             "ID_FS_TYPE": "ext4", "ID_FS_UUID": "u", "MAJOR": "8", "MINOR": "17"}  # fmt: skip
+    below_usb = with_usb_bus(props, ["scsi", "usb", "pci"])
+    p = facts_from_udev("/sys/x/sdb1", below_usb, 1 << 30, "/sys/x/sdb", {})
+    assert p.bus == "usb"
+    assert refusal_reason(p, UsbConfig(labels=("B",), require_usb=True), [1024]) is None
+    assert with_usb_bus(props, ["scsi", "pci"]) == props  # nothing below usb: no bus claimed
+    ata = {**props, "ID_BUS": "ata"}
+    assert with_usb_bus(ata, ["usb"]) == ata  # what udev named wins

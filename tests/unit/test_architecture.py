@@ -46,7 +46,7 @@ JOURNAL_READERS: dict[str, frozenset[str]] = {
 # Not split yet (issue 10): the size each had when the limit came; none may grow.
 OVERSIZE = {
     "agent": 567, "archive": 460, "config": 411, "doctor": 508, "notify": 519, "status": 762,
-    "sync": 728,
+    "sync": 680,
 }  # fmt: skip
 STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
 
