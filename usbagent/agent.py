@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from usbagent import journal, mounts, sources, state, sync
+from usbagent import health, journal, mounts, sources, state, sync
 from usbagent.backend import Backend, DeviceError, DeviceEvent, EventQueue, Mount
 from usbagent.config import Config
 from usbagent.decide import Core, Decision, Serve, StartGrace, StopGrace, stick_id
@@ -275,10 +275,10 @@ class Agent:
 
     async def _watch_freshness(self) -> None:
         """Publish a "stale" outcome when the newest archive turns too old (on the transition)."""
-        from usbagent.status import archive_freshness
-
         while True:
-            stale = await asyncio.to_thread(archive_freshness, self.config, datetime.now(UTC))
+            stale = await asyncio.to_thread(
+                health.archive_freshness, self.config, datetime.now(UTC)
+            )
             if stale is not None and self._stale is None:
                 await self._report(stale)
             self._stale = stale

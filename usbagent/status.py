@@ -25,31 +25,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from usbagent import ledger, naming, outbox, state, systemd
+from usbagent import ledger, outbox, state, systemd
 from usbagent.config import Config, ConfigError
 from usbagent.errors import UsbagentError
-from usbagent.events import Kind, Outcome
-from usbagent.units import human_bytes
-from usbagent.verify import parse_sidecar
+from usbagent.events import Outcome
+from usbagent.health import (
+    CRITICAL,
+    OK,
+    UNKNOWN,
+    WARNING,
+    ArchiveFile,
+    Check,
+    age,
+    archive_facts,
+    archive_problem,
+    check_archive,
+    known_outcomes,
+    size,
+)
 
-OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
-KINDS: tuple[Kind, ...] = typing.get_args(Kind)
 EXIT = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
 # Worst first: a CRITICAL outranks "could not tell" because it is known to be broken.
 SEVERITY = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
 # The agent refreshes its heartbeat about every 10 s; six missed beats mean it is hung.
 HEARTBEAT_STALE = timedelta(seconds=60)
-# An archive dated this far in the future would look fresh forever: a clock problem.
-FUTURE_TOLERANCE = timedelta(hours=1)
 SYSTEMD_PROPS = (
     "LoadState",
     "ActiveState",
@@ -65,18 +71,6 @@ SYSTEMD_PROPS = (
 
 
 # --- facts --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArchiveFile:
-    """A file with one of our archive names in the destination, and what it is checked by."""
-
-    name: str
-    created: datetime  # from the name: when the archive job started
-    size: int
-    record: state.ArchiveRecord | None = None  # what its run recorded; None: no run did
-    sidecar: str | None = None  # the sha256 its sidecar states, None when it states none
-    sidecar_problem: str = "the sidecar is missing"  # why it states none
 
 
 @dataclass(frozen=True)
@@ -118,63 +112,6 @@ class Facts:
     # why the archive job's own preflight refuses to run now (None: it passes): the next
     # nightly run would fail with exactly this line
     next_run_problem: str | None = None
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    state: str
-    message: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "state": self.state, "message": self.message}
-
-
-def _sidecar(folder: Path, name: str) -> tuple[str | None, str]:
-    """The digest the sidecar of archive `name` states, or None and why it states none."""
-    sidecar = folder / (name + naming.SIDECAR)
-    try:
-        with sidecar.open("rb") as f:
-            text = f.read(4096).decode("utf-8", "replace")  # one line: a name and 64 hex
-    except FileNotFoundError:
-        return None, f"the sidecar {sidecar.name} is missing"
-    except OSError as exc:
-        return None, f"the sidecar {sidecar.name} cannot be read: {exc.strerror}"
-    try:
-        return parse_sidecar(text, name), ""
-    except ValueError as exc:
-        return None, str(exc)
-
-
-def archive_files(
-    destination: Path, prefix: str, known: Mapping[str, state.ArchiveRecord]
-) -> tuple[ArchiveFile, ...]:
-    """Our archive files in `destination`, newest first (raises OSError if unreadable)."""
-    found = []
-    with os.scandir(destination) as entries:
-        for entry in entries:
-            parsed = naming.parse(entry.name, prefix)
-            if parsed is None or not entry.is_file(follow_symlinks=False):
-                continue
-            digest, why = _sidecar(destination, entry.name)
-            size_ = entry.stat(follow_symlinks=False).st_size
-            found.append(
-                ArchiveFile(entry.name, parsed.created, size_, known.get(entry.name), digest, why)
-            )
-    return tuple(sorted(found, key=lambda a: a.created, reverse=True))
-
-
-def _archive_facts(
-    config: Config, known: Mapping[str, state.ArchiveRecord]
-) -> tuple[tuple[ArchiveFile, ...], str | None]:
-    try:
-        return archive_files(config.archive.destination, config.archive_prefix, known), None
-    except FileNotFoundError:
-        return (), "does not exist"
-    except NotADirectoryError:
-        return (), "is not a folder"
-    except PermissionError:
-        return (), "is not readable by this user"
 
 
 def _time(value: Any) -> datetime | None:
@@ -238,8 +175,7 @@ class _History:
 def _history(state_dir: Path) -> _History:
     """Newest outcome per kind, newest success per kind, newest failure per unit, and the
     archives the runs made."""
-    newest_files = [state.last(state_dir, kind) for kind in KINDS]  # outlive history trimming
-    known = state.events(state_dir) + [o for o in newest_files if o is not None]
+    known = known_outcomes(state_dir)
     h = _History({}, {}, {}, state.archives(state_dir, known))
     for outcome in sorted(known, key=lambda o: o.time):  # oldest first: later ones win
         h.last[outcome.kind] = outcome
@@ -274,7 +210,7 @@ def _systemd_facts() -> tuple[dict[str, systemd.Unit] | None, str | None]:
 def gather(config: Config) -> Facts:
     state_dir = config.agent.state_dir
     history = _history(state_dir)
-    archives, problem = _archive_facts(config, history.archives)
+    archives, problem = archive_facts(config, history.archives)
     units, systemd_problem = _systemd_facts()
     return Facts(
         destination=config.archive.destination,
@@ -296,23 +232,6 @@ def gather(config: Config) -> Facts:
 # --- formatting ---------------------------------------------------------------------------
 
 
-def age(delta: timedelta) -> str:
-    """'45 s', '12 min', '5 h 3 min', '3 d 4 h': precise enough to act on, short to read."""
-    s = int(delta.total_seconds())
-    if s < 0:
-        return "in the future"
-    if s < 120:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    if s < 2 * 86400:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} d {s % 86400 // 3600} h"
-
-
-size = human_bytes  # the one byte formatter: status lines quote sync summaries
-
-
 def when(t: datetime | None) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if t else "never"
 
@@ -325,71 +244,6 @@ def _timer_active(units: Mapping[str, systemd.Unit] | None) -> bool:
         return False
     timer = units[systemd.ARCHIVE_TIMER]
     return timer.loaded and timer.get("ActiveState") == "active"
-
-
-def archive_problem(f: ArchiveFile) -> str | None:
-    """Why this file is not the archive a successful run recorded under its name, or None."""
-    r = f.record
-    if r is None:
-        return "is not an archive a successful usbagent run recorded"
-    if f.size != r.size:
-        return f"is {f.size} bytes, but its run wrote {r.size} bytes"
-    if f.sidecar is None:
-        return f"fails its sidecar: {f.sidecar_problem}"
-    if f.sidecar != r.sha256:
-        return "fails its sidecar: it states another sha256 than the archive's run wrote"
-    return None
-
-
-def check_archive(
-    archives: tuple[ArchiveFile, ...],
-    problem: str | None,
-    destination: Path,
-    stale_after_hours: float,
-    now: datetime,
-    timer_active: bool = False,
-) -> Check:
-    """Freshness of the newest good archive: one a run recorded, that still matches."""
-    limit = timedelta(hours=stale_after_hours)
-    despite = (
-        f" although {systemd.ARCHIVE_TIMER} is enabled and active: the nightly job runs "
-        "but produces no archive"
-        if timer_active
-        else ""
-    )
-    if problem is not None:
-        return Check("archive", CRITICAL, f"archive folder {destination} {problem}")
-    newest = next((a for a in archives if archive_problem(a) is None), None)
-    if newest is None:
-        others = (
-            f" ({len(archives)} file(s) with archive names, none of them one: see archive-files)"
-            if archives
-            else ""
-        )
-        return Check(
-            "archive",
-            CRITICAL,
-            f"no archive a successful run recorded in {destination}{others}{despite}",
-        )
-    archive_age = now - newest.created
-    if archive_age > limit:
-        return Check(
-            "archive",
-            CRITICAL,
-            f"newest archive {newest.name} is {age(archive_age)} old "
-            f"(stale after {stale_after_hours:g} h){despite}",
-        )
-    if -archive_age > FUTURE_TOLERANCE:
-        return Check(
-            "archive",
-            WARNING,
-            f"newest archive {newest.name} is dated in the future: check the system clock",
-        )
-    return Check(
-        "archive",
-        OK,
-        f"newest archive {newest.name}, {age(archive_age)} old, {size(newest.size)}",
-    )
 
 
 def check_archive_files(
@@ -718,20 +572,6 @@ def overall(checks: list[Check]) -> str:
 
 
 # --- the agent's periodic freshness check ---------------------------------------------------
-
-
-def archive_freshness(config: Config, now: datetime) -> Outcome | None:
-    """Outcome(kind="stale") when the newest archive is too old or missing, else None."""
-    archives, problem = _archive_facts(config, _history(config.agent.state_dir).archives)
-    check = check_archive(
-        archives, problem, config.archive.destination, config.agent.stale_after_hours, now
-    )
-    if check.state == OK:
-        return None
-    newest = next((a.name for a in archives if archive_problem(a) is None), None)
-    return Outcome(
-        kind="stale", ok=False, summary=check.message, time=now, details={"archive": newest}
-    )
 
 
 # --- command --------------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def test_the_state_dir_knows_its_archives_after_the_history_is_trimmed(tmp_path:
 def test_agent_freshness_watch_does_not_count_a_touched_name(tmp_path: Path) -> None:
     """The agent's periodic check ("stale" outcome) uses the same rule as status."""
     from usbagent.config import load
-    from usbagent.status import archive_freshness
+    from usbagent.health import archive_freshness
 
     s = make_setup(tmp_path)
     config = load(s.config)

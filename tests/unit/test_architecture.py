@@ -22,6 +22,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "sources": frozenset({"backend", "sources", "udisks", "udev"}),
     "stick": frozenset({"copier", "sync"}),
     "journal": frozenset({"journal", "state", "ledger", "outbox", "metrics"}),
+    "health": frozenset({"health"}),
     "agent": frozenset({"agent", "decide"}),
     "notify": frozenset({"notify"}),
 }
@@ -45,7 +46,7 @@ JOURNAL_READERS: dict[str, frozenset[str]] = {
 }  # fmt: skip
 # Not split yet (issue 10): the size each had when the limit came; none may grow.
 OVERSIZE = {
-    "agent": 567, "archive": 460, "config": 411, "doctor": 508, "notify": 519, "status": 762,
+    "agent": 567, "archive": 460, "config": 411, "doctor": 508, "notify": 519, "status": 602,
     "sync": 680,
 }  # fmt: skip
 STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
@@ -166,6 +167,16 @@ def test_the_agents_decision_core_does_no_io() -> None:
         f"decide.py:{line} imports {name}"
         for name, _, line in imported("decide")
         if (ours(name) and name not in allowed) or name in IO_MODULES
+    ]
+    assert bad == []
+
+
+def test_the_daemon_imports_no_command() -> None:
+    """The agent judges freshness with `health`, as `status` does, not through `status`."""
+    bad = [
+        f"agent.py:{line} imports {name}"
+        for name, _, line in imported("agent")
+        if ours(name) and layer_of(name) == "commands"
     ]
     assert bad == []
 
