@@ -349,8 +349,6 @@ def test_parse_systemctl_show_blocks() -> None:
     assert a.time("LastTriggerUSec") == datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
     assert a.get("Result") == "" and a.loaded
     assert not b.loaded and c.props == {}
-    exec_start = "{ path=/usr/bin/usbagent ; argv[]=/usr/bin/usbagent agent ; ignore_errors=no }"
-    assert systemd.exec_paths(exec_start) == ["/usr/bin/usbagent"]
 
 
 def test_a_file_no_run_recorded_is_never_a_fresh_archive() -> None:
