@@ -30,6 +30,7 @@ import pyrage
 
 from usbagent import archive, restore, verify
 from usbagent.config import Config, load
+from usbagent.details import ArchiveDetails
 from usbagent.errors import UsbagentError
 from usbagent.recipients import load_identities
 from usbagent.units import human_bytes
@@ -132,10 +133,12 @@ def write_config(demo: Demo) -> str:
 
 def make_archive(demo: Demo) -> str:
     cfg = demo.need_config()
-    outcome = archive.archive_now(cfg)
-    demo.archive = cfg.archive.destination / outcome.details["archive"]
+    made = ArchiveDetails.of(archive.archive_now(cfg))
+    if made is None or made.size is None:  # archive_now raises before that could happen
+        raise UsbagentError("the archive run recorded no archive")
+    demo.archive = cfg.archive.destination / made.archive
     return (
-        f"{demo.archive.name}: {human_bytes(outcome.details['size'])} encrypted, "
+        f"{demo.archive.name}: {human_bytes(made.size)} encrypted, "
         f"sidecar {demo.archive.name}.sha256, outcome recorded in {cfg.agent.state_dir}"
     )
 

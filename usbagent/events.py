@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -55,17 +54,6 @@ class Outcome:
 # the person unmounts it (`usbagent sync`), the agent unmounted (and powered off) it, or the
 # agent left someone else's mount as it found it. Readers never search the summary for it.
 Removal = Literal["after-unmount", "unmounted", "powered-off", "left-mounted"]
-REMOVALS: tuple[str, ...] = ("after-unmount", "unmounted", "powered-off", "left-mounted")
-
-
-def removal_of(outcome: Outcome) -> Removal | None:
-    """How the stick of a successful sync may be removed; None when not said (older state
-    files, failures)."""
-    value = outcome.details.get("removal")
-    for known in typing.get_args(Removal):
-        if value == known:
-            return typing.cast(Removal, known)
-    return None
 
 
 Subscriber = Callable[[Outcome], Awaitable[None]]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from usbagent import state
 from usbagent.config import AgentConfig
+from usbagent.details import ArchiveDetails
 from usbagent.events import Kind, Outcome
 from usbagent.fsutil import write_atomic
 
@@ -85,12 +86,6 @@ def _newest_ok(history: list[Outcome], last: Outcome | None, kind: str) -> Outco
     return max(candidates, key=lambda o: o.time, default=None)
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
 def _fmt(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
@@ -111,18 +106,21 @@ def render(facts: MetricFacts) -> str:
         "Unix time of the newest successful archive (0: never).",
         [("", archive.time.timestamp() if archive else 0.0)],
     )
-    details = archive.details if archive else {}
-    for key, name, help_ in (
-        ("size", "usbagent_last_archive_size_bytes", "Size of the newest successful archive."),
+    made = ArchiveDetails.of(archive) if archive else None
+    for value, name, help_ in (
         (
-            "duration",
+            made.size if made else None,
+            "usbagent_last_archive_size_bytes",
+            "Size of the newest successful archive.",
+        ),
+        (
+            made.duration if made else None,
             "usbagent_last_archive_duration_seconds",
             "Time the newest successful archive took to make.",
         ),
     ):
-        value = _number(details.get(key))
         if value is not None:
-            family(name, "gauge", help_, [("", value)])
+            family(name, "gauge", help_, [("", float(value))])
     family(
         "usbagent_last_stick_sync_timestamp_seconds",
         "gauge",

@@ -9,9 +9,8 @@ server late is waited for.
 
 Nobody logged in graphically: the notification is logged and kept in the state dir
 (`usbagent.outbox`), `usbagent status` counts it, and when logind announces a new session
-the missed ones are delivered as "missed while you were away".
-
-Delivery never raises into the caller: a broken desktop must not break a backup.
+the missed ones are delivered as "missed while you were away". Delivery never raises into
+the caller: a broken desktop must not break a backup.
 """
 
 from __future__ import annotations
@@ -39,7 +38,8 @@ from dbus_next.signature import Variant
 
 from usbagent import journal, outbox
 from usbagent.config import Config
-from usbagent.events import Outcome, removal_of
+from usbagent.details import SyncDetails, unit_of
+from usbagent.events import Outcome
 from usbagent.outbox import CRITICAL, NORMAL, Note
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ def render(outcome: Outcome) -> Note | None:
     if kind == "stick-recognised":
         return _note(outcome, "Backup stick found: copying, do not remove it", body, NORMAL)
     if kind == "sync" and outcome.ok:
-        unmount = removal_of(outcome) in ("after-unmount", "left-mounted")  # data, not words
-        title = "unmount the stick before removing it" if unmount else "stick safe to remove"
+        removable = SyncDetails.of(outcome).removable  # the data, never the summary's words
+        title = "stick safe to remove" if removable else "unmount the stick before removing it"
         return _note(outcome, f"Backup copied: {title}", body, NORMAL)
     if kind == "sync":
         return _note(outcome, "Backup copy to stick FAILED", body, CRITICAL)
@@ -84,7 +84,7 @@ def render(outcome: Outcome) -> Note | None:
     if kind == "archive" and not outcome.ok:
         return _note(outcome, "Nightly backup FAILED", body, CRITICAL)
     if kind == "unit-failed":
-        unit = outcome.details.get("unit") or "a usbagent service"
+        unit = unit_of(outcome) or "a usbagent service"
         return _note(outcome, f"Backup service failed: {unit}", body, CRITICAL)
     if kind == "stale":
         return _note(outcome, "Backup is out of date", body, CRITICAL)

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 
 from usbagent import naming
+from usbagent.details import ArchiveDetails
 from usbagent.events import Outcome
 
 
@@ -52,8 +53,8 @@ def record_from(
     starts = [*journal.values(), *(o.time for o in history[:1])]
     if not starts:
         return None
-    named = (o.details.get("archive") for o in history if o.kind == "archive")
-    names = frozenset(n for n in (*named, *journal, *also) if isinstance(n, str))
+    named = (made.archive for o in history if (made := ArchiveDetails.of(o)) is not None)
+    names = frozenset(n for n in (*named, *journal, *also) if n)
     return Record(names, since=min(starts))
 
 

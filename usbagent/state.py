@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from usbagent.details import ArchiveDetails
 from usbagent.events import Outcome
 from usbagent.fsutil import write_atomic
 
@@ -56,15 +57,12 @@ class ArchiveRecord:
 
 def archive_record(outcome: Outcome) -> ArchiveRecord | None:
     """The archive a successful archive run made, from its outcome's details, else None."""
-    d = outcome.details
-    name, size, digest = d.get("archive"), d.get("size"), d.get("sha256")
-    if outcome.kind != "archive" or not outcome.ok or not isinstance(name, str):
+    made = ArchiveDetails.of(outcome)
+    if made is None or not outcome.ok or not made.archive or made.size is None:
         return None
-    if isinstance(size, bool) or not isinstance(size, int) or not isinstance(digest, str):
+    if not _SHA256.match(made.sha256):
         return None
-    if not _SHA256.match(digest):
-        return None
-    return ArchiveRecord(name, size, digest, outcome.time)
+    return ArchiveRecord(made.archive, made.size, made.sha256, outcome.time)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from usbagent import ledger, outbox, state, systemd
 from usbagent.config import Config, ConfigError
+from usbagent.details import SyncDetails, unit_of
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
 from usbagent.health import (
@@ -182,7 +183,7 @@ def _history(state_dir: Path) -> _History:
         if outcome.ok:
             h.last_ok[outcome.kind] = outcome
         if outcome.kind == "unit-failed":
-            h.unit_failures[_unit_of(outcome)] = outcome
+            h.unit_failures[unit_of(outcome)] = outcome
     return h
 
 
@@ -348,11 +349,6 @@ def _newer(a: Outcome | None, than: Outcome | None) -> bool:
     return a is not None and (than is None or a.time > than.time)
 
 
-def _unit_of(outcome: Outcome) -> str:
-    unit = outcome.details.get("unit")
-    return str(unit) if unit else ""
-
-
 def check_archive_job(facts: Facts) -> Check:
     """The last archive run, as systemd and the state dir recorded it."""
     ok = facts.last_ok.get("archive")
@@ -486,14 +482,13 @@ def check_sticks(
 
 
 def describe_sync(outcome: Outcome) -> str:
-    d = outcome.details
-    parts = [f"{d.get('label', '?')} ({d.get('uuid', '?')}) at {when(outcome.time)}"]
-    copied = d.get("copied")  # the names copied (see sync.Run.details)
-    if isinstance(copied, list):
-        parts.append(f"{len(copied)} copied, {d.get('verified', '?')} verified")
-    free = d.get("free_bytes")
-    if isinstance(free, int) and not isinstance(free, bool):
-        parts.append(f"{size(free)} free")
+    d = SyncDetails.of(outcome)
+    parts = [f"{d.label or '?'} ({d.uuid or '?'}) at {when(outcome.time)}"]
+    if d.copied is not None:
+        verified = "?" if d.verified is None else d.verified
+        parts.append(f"{len(d.copied)} copied, {verified} verified")
+    if d.free_bytes is not None:
+        parts.append(f"{size(d.free_bytes)} free")
     return ", ".join(parts) + f": {outcome.summary}"
 
 
@@ -513,7 +508,7 @@ def _resolved(error: Outcome, facts: Facts) -> bool:
     if error.kind in ("sync", "refused", "stick-recognised"):
         return _newer(facts.last_ok.get("sync"), error)
     if error.kind == "unit-failed":
-        if _unit_of(error) == systemd.AGENT_SERVICE:
+        if unit_of(error) == systemd.AGENT_SERVICE:
             hb = facts.heartbeat
             return hb is not None and hb.alive and hb.time > error.time
         return _newer(facts.last_ok.get("archive"), error)
