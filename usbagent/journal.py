@@ -7,8 +7,9 @@ lock: last of its kind, last error, the history, the archives journal, and then 
 subscribers that derive files from it (the Prometheus textfile, see `usbagent.metrics`).
 
 The state dir's format and its readers live in `usbagent.state`; the ledger of each stick
-(`usbagent.ledger`) and the notification outbox (`usbagent.outbox`) are the journal's own
-parts: no module outside these writes into `agent.state_dir`.
+(`usbagent.ledger`) and the notification outbox (`usbagent.outbox`, kept apart and light so
+that the user-side notification helper and `status` load no more than it) are the journal's
+own parts: no module outside these writes into `agent.state_dir`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from usbagent import ledger, metrics, outbox, state
+from usbagent import ledger, metrics, state
 from usbagent.config import AgentConfig
 from usbagent.events import Outcome
 from usbagent.fsutil import flocked, write_atomic
-from usbagent.outbox import Note
 from usbagent.plan import StickFile
 from usbagent.state import ArchiveRecord, archive_record, write_json
 
@@ -109,12 +109,3 @@ def forget_mount(path: Path) -> None:
 
 def heartbeat(agent: AgentConfig, data: dict[str, Any]) -> None:
     write_json(agent.state_dir / "heartbeat.json", data)
-
-
-def keep_note(state_dir: Path, note: Note) -> None:
-    """A notification nobody could be shown yet: kept until someone logs in."""
-    outbox.add(state_dir, note)
-
-
-def notes_delivered(state_dir: Path, notes: list[Note]) -> None:
-    outbox.discard(state_dir, notes)

@@ -36,7 +36,7 @@ from dbus_next.constants import BusType, MessageType
 from dbus_next.message import Message
 from dbus_next.signature import Variant
 
-from usbagent import journal, outbox
+from usbagent import outbox
 from usbagent.config import Config
 from usbagent.details import SyncDetails, unit_of
 from usbagent.events import Outcome
@@ -281,7 +281,7 @@ async def _deliver_or_keep(bus: MessageBus | None, state_dir: Path, note: Note) 
         note.summary,
         note.body,
     )
-    await asyncio.to_thread(journal.keep_note, state_dir, note)
+    await asyncio.to_thread(outbox.add, state_dir, note)
 
 
 async def deliver_missed(session: Session, state_dir: Path, wait: float) -> None:
@@ -291,7 +291,7 @@ async def deliver_missed(session: Session, state_dir: Path, wait: float) -> None
         return
     shown = [await deliver_as(session.uid, n, wait) for n in missed(notes)]
     if all(shown):
-        await asyncio.to_thread(journal.notes_delivered, state_dir, notes)
+        await asyncio.to_thread(outbox.discard, state_dir, notes)
 
 
 class Notifier:
