@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from usbagent import health, journal, mounts, sources, state, sync
+from usbagent import health, journal, mounts, sources, state, sync, syncwords
 from usbagent.backend import Backend, DeviceError, DeviceEvent, EventQueue, Mount
 from usbagent.config import Config
 from usbagent.decide import Core, Decision, Serve, StartGrace, StopGrace, stick_id
@@ -407,7 +407,7 @@ class Agent:
         p = job.partition
         reason = await asyncio.to_thread(sync.precheck, self.config, p)
         if reason is not None:
-            await self._report_stick(sync.refusal(p, reason))
+            await self._report_stick(syncwords.refusal(p, reason))
             return
         job.status = f"mounting {describe(p)}"
         self._update_status()
@@ -513,7 +513,7 @@ class Agent:
         if not mount.ours:
             await in_thread(os.sync)
             if report is not None:  # somebody else's mount stays; they unmount before pulling
-                await self._report_stick(sync.told(report, "left-mounted", mount.path))
+                await self._report_stick(syncwords.told(report, "left-mounted", mount.path))
             return
         job.status = f"unmounting {describe(p)}"
         self._update_status()
@@ -523,7 +523,7 @@ class Agent:
         except (DeviceError, TimeoutError) as exc:
             if job.pulled:  # nothing left to unmount cleanly; say what the sync said
                 if report is not None:
-                    await self._report_stick(sync.told(report))
+                    await self._report_stick(syncwords.told(report))
                 return
             copied = report is not None and report.outcome.ok
             await self._fail(p, f"unmount failed, do not pull it yet: {exc}", copied, report)
@@ -539,7 +539,7 @@ class Agent:
         if report is None:
             return
         if report.outcome.ok:
-            report = sync.told(report, "powered-off" if powered else "unmounted")
+            report = syncwords.told(report, "powered-off" if powered else "unmounted")
         elif job.pulled:
             outcome = report.outcome
             outcome = dataclasses.replace(

@@ -9,41 +9,31 @@ that did not end up with verified copies is always recorded as an error, never s
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import fcntl
-import hashlib
 import logging
 import os
 import sys
 import threading
-import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from usbagent import ledger, mounts, naming, retention, state
+from usbagent import ledger, mounts
 from usbagent.config import Config
 from usbagent.copier import (
-    CHUNK,
     Cancelled,
     DeviceFailed,
     StickFolder,
     StickRefused,
     VerifyFailed,
 )
-from usbagent.copier import parse_sidecar as _parse_sidecar
 from usbagent.devices import Partition, describe, refusal_reason
 from usbagent.errors import UsbagentError
-from usbagent.events import Outcome, Removal
+from usbagent.events import Outcome
 from usbagent.journal import StickReport
 from usbagent.mounts import MountEntry
 from usbagent.plan import (
-    Audit,
-    Foreign,
     LocalArchive,
     Refusal,
     StickFile,
@@ -52,7 +42,15 @@ from usbagent.plan import (
     plan_sync,
     space_to_free,
 )
-from usbagent.units import human_bytes
+from usbagent.synclocal import (
+    CorruptLocal,
+    local_archives,
+    local_sha256,
+    recorded_sha256,
+    sizes_to_copy,
+    unrecorded,
+)  # fmt: skip
+from usbagent.syncwords import Run, cause, failed, finished, human, refused, report
 
 log = logging.getLogger(__name__)
 
@@ -71,168 +69,12 @@ class Progress:
     total_bytes: int
 
 
-# --- the local side -----------------------------------------------------------------------
-
-
-def local_archives(config: Config) -> list[LocalArchive]:
-    """Complete archives in archive.destination (those with a valid sidecar), newest first.
-
-    Read through pyfilesystem2's OSFS: the destination is ours (root-owned, no symlink
-    games), so its path-based API fits here, unlike on the stick (see usbagent.copier).
-    An archive whose sidecar is missing (the nightly job is still writing it) is skipped.
-    A destination that exists but cannot be read raises OSError naming it.
-    """
-    dest = config.archive.destination
-    if not dest.exists():
-        return []
-    fs_errors, osfs = _import_fs()
-    found: list[tuple[naming.ArchiveName, LocalArchive]] = []
-    try:
-        with osfs.OSFS(str(dest)) as home:
-            infos = {i.name: i for i in home.scandir("/", namespaces=["details"]) if i.is_file}
-            for name, info in infos.items():
-                parsed = naming.parse(name, config.archive_prefix)
-                if parsed is None or name + naming.SIDECAR not in infos:
-                    continue
-                try:
-                    digest = _parse_sidecar(home.readtext(name + naming.SIDECAR)[:4096])
-                except fs_errors.ResourceNotFound:
-                    continue  # retention removed it meanwhile
-                if digest is None:
-                    log.warning("%s: sidecar is not in sha256sum format, not copied", name)
-                    continue
-                archive = LocalArchive(name=name, size=int(info.size), sha256=digest)
-                found.append((parsed, archive))
-    except (fs_errors.FSError, fs_errors.CreateFailed) as exc:
-        raise OSError(errno.EACCES, f"cannot list archives: {exc}", str(dest)) from exc
-    return [archive for _, archive in sorted(found, reverse=True)]
-
-
-def _import_fs() -> tuple[Any, Any]:
-    """pyfilesystem2, imported on first use with its pkg_resources deprecation hidden."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import fs.errors
-        import fs.osfs
-    return fs.errors, fs.osfs
-
-
-def sizes_to_copy(config: Config) -> list[int]:
-    """Sizes of the archives a sync would copy at most (for `refusal_reason` before mount)."""
-    return [a.size for a in local_archives(config)[: config.usb.keep]]
-
-
-@dataclass(frozen=True)
-class CorruptLocal:
-    """A local archive whose content does not match its own sidecar: a host problem."""
-
-    path: Path
-    sha256: str  # what the file holds
-    expected: str  # what its sidecar says, or (by_record) what its run recorded
-    by_record: bool = False  # the sidecar matches the file, but the run wrote another
-
-
-def unrecorded(config: Config, local: list[LocalArchive]) -> tuple[str, ...]:
-    """Local archives no completed `usbagent archive` run recorded (where the state dir's
-    history reaches): a file the host did not make is never copied as if it were a backup."""
-    try:
-        history = state.events(config.agent.state_dir)
-        journal = {n: r.recorded for n, r in state.archives(config.agent.state_dir).items()}
-        record = retention.record_from(history, journal)
-    except OSError as exc:
-        log.warning("cannot read the history in %s: %s", config.agent.state_dir, exc)
-        return ()
-    if record is None:
-        return ()
-    parsed = ((a.name, naming.parse(a.name)) for a in local)
-    return tuple(n for n, p in parsed if p is not None and not record.knows(p))
-
-
-def recorded_sha256(config: Config) -> dict[str, str]:
-    """Archive name -> the sha256 its run recorded. A sidecar can be rewritten to match a
-    damaged file (`sha256sum F > F.sha256`); the state dir's record cannot be, by accident."""
-    try:
-        history = state.events(config.agent.state_dir)
-        known = state.archives(config.agent.state_dir, history)
-    except OSError as exc:
-        log.warning("cannot read the history in %s: %s", config.agent.state_dir, exc)
-        return {}
-    return {name: r.sha256 for name, r in known.items()}
-
-
-def local_sha256(path: Path, cancel: threading.Event) -> str:
-    """sha256 of a local archive as it is now, read once (the copy then mostly hits cache)."""
-    h = hashlib.sha256()
-    with path.open("rb", buffering=0) as f:
-        while block := f.read(CHUNK):
-            if cancel.is_set():
-                raise Cancelled
-            h.update(block)
-    return h.hexdigest()
-
-
 def precheck(config: Config, partition: Partition) -> str | None:
     """The pre-mount refusal reason for a labelled partition, or None: the agent's one call."""
     return refusal_reason(partition, config.usb, sizes_to_copy(config))
 
 
 # --- the sync -----------------------------------------------------------------------------
-
-
-@dataclass
-class _Run:
-    """What a sync has done so far, so a failure summary can say it truthfully."""
-
-    stick: str
-    label: str
-    uuid: str
-    fstype: str = ""
-    device: str = ""
-    started: float = field(default_factory=time.monotonic)
-    copied: list[StickFile] = field(default_factory=list)
-    copied_bytes: int = 0
-    pruned: list[str] = field(default_factory=list)
-    removed_corrupt: list[str] = field(default_factory=list)  # corrupt copies of ours deleted
-    audit: Audit | None = None
-    planned: int = 0
-    free_bytes: int | None = None
-    future: tuple[str, ...] = ()  # local archives not copied: dated in the future
-    unrecorded: tuple[str, ...] = ()  # local archives not copied: no run recorded making them
-    corrupt_local: list[CorruptLocal] = field(default_factory=list)
-
-    def holds(self) -> tuple[StickFile, ...] | None:
-        """Our verified copies on the stick now, newest first (None: never looked)."""
-        if self.audit is None:
-            return None
-        gone = set(self.pruned)
-        kept = [f for f in self.audit.present if f.name not in gone]
-        return tuple(sorted({*kept, *self.copied}, key=lambda f: f.name, reverse=True))
-
-    def details(self) -> dict[str, Any]:
-        audit = self.audit
-        holds = self.holds()
-        return {
-            "label": self.label,
-            "uuid": self.uuid,
-            "fstype": self.fstype,
-            "copied": [f.name for f in self.copied],
-            "bytes": self.copied_bytes,
-            "verified": len(holds or ()),  # the verified copies the stick holds now
-            "replaced": list(self.removed_corrupt),
-            "corrupt": list(audit.corrupt) if audit else [],
-            "foreign": [{"name": f.name, "why": f.why} for f in audit.foreign] if audit else [],
-            "future": list(self.future),
-            "unrecorded": list(self.unrecorded),
-            "corrupt_local": [str(c.path) for c in self.corrupt_local],
-            "pruned": list(self.pruned),
-            "free_bytes": self.free_bytes,
-            "archives": [f.name for f in holds or ()],
-            "duration": round(time.monotonic() - self.started, 3),
-        }
-
-
-def human(n: int | None) -> str:
-    return "? bytes" if n is None else human_bytes(n)
 
 
 def sync_stick(
@@ -254,7 +96,7 @@ def sync_stick(
     stick that ends up refused is never first announced as being backed up.
     """
     partition = partition or _facts_if_known(mountpoint)
-    run = _Run(
+    run = Run(
         stick=describe(partition) if partition else f"the stick at {mountpoint}",
         label=(partition.label or partition.part_name) if partition else "",
         uuid=partition.uuid if partition else "",
@@ -264,58 +106,21 @@ def sync_stick(
     try:
         outcome = _sync(config, mountpoint, run, cancel, progress, accepted)
     except StickRefused as exc:
-        outcome = _refused(run, str(exc))
+        outcome = refused(run, str(exc))
     except Cancelled:
-        outcome = _failed(
+        outcome = failed(
             run, "stopped before it finished (interrupted, or usbagent is shutting down)"
         )
     except DeviceFailed as exc:
-        outcome = _failed(run, str(exc))
+        outcome = failed(run, str(exc))
     except VerifyFailed as exc:
-        outcome = _failed(run, f"verification failed, the bad copy was deleted: {exc}")
+        outcome = failed(run, f"verification failed, the bad copy was deleted: {exc}")
     except OSError as exc:
-        outcome = _failed(run, _cause(exc, config.archive.destination))
+        outcome = failed(run, cause(exc, config.archive.destination))
     except Exception as exc:  # a bug must still end as a recorded failure, never silence
         log.exception("stick sync failed unexpectedly")
-        outcome = _failed(run, f"internal error: {exc!r} (please report it)")
-    return _report(run, outcome)
-
-
-def told(
-    report: StickReport, removal: Removal = "after-unmount", where: Path | None = None
-) -> StickReport:
-    """The report with what the person is told about taking the stick out (a successful
-    sync only): the one place that wording is made, with the same fact as data."""
-    outcome = report.outcome
-    if outcome.kind != "sync" or not outcome.ok:
-        return report
-    tail = {
-        "after-unmount": "safe to remove after unmount",
-        "unmounted": "unmounted, safe to remove",
-        "powered-off": "unmounted and powered off, safe to remove",
-        "left-mounted": f"left mounted at {where} as it was found (usbagent did not mount "
-        "it): unmount it before removing the stick",
-    }[removal]
-    details = {
-        **outcome.details,
-        "removal": removal,
-        "unmounted": removal in ("unmounted", "powered-off"),
-        "powered_off": removal == "powered-off",
-    }
-    said = dataclasses.replace(outcome, summary=f"{outcome.summary}; {tail}", details=details)
-    return dataclasses.replace(report, outcome=said)
-
-
-def _report(run: _Run, outcome: Outcome) -> StickReport:
-    return StickReport(
-        outcome=outcome,
-        uuid=run.uuid,
-        label=run.label,
-        fstype=run.fstype,
-        free_bytes=run.free_bytes,
-        holds=run.holds(),
-        copies_ok=outcome.ok,
-    )
+        outcome = failed(run, f"internal error: {exc!r} (please report it)")
+    return report(run, outcome)
 
 
 BLKROGET = 0x125E  # linux/fs.h: is the block device read-only (write-protected)?
@@ -360,13 +165,13 @@ def read_only_reason(mountpoint: Path, device: str | None) -> str | None:
 def _sync(
     config: Config,
     mountpoint: Path,
-    run: _Run,
+    run: Run,
     cancel: threading.Event,
     progress: ProgressCallback | None,
     accepted: AcceptedCallback | None,
 ) -> Outcome:
     if (reason := read_only_reason(mountpoint, run.device)) is not None:
-        return _refused(run, reason)
+        return refused(run, reason)
     prefix = config.archive_prefix
     local = local_archives(config)
     run.unrecorded = unrecorded(config, local)
@@ -381,14 +186,14 @@ def _sync(
         run.free_bytes = folder.free_bytes()
         plan = _plan(config, local, run, now, cancel, _sizes(files, run.audit.replace))
         if isinstance(plan, Refusal):
-            return _refused(run, plan.reason)
+            return refused(run, plan.reason)
         run.planned = len(plan.copy)
         run.future = plan.future
         if accepted is not None:
             accepted(plan)
         _carry_out(config, folder, plan, run, cancel, progress)
         run.free_bytes = folder.free_bytes()
-    return _finished(run, config, have_local=bool(local))
+    return finished(run, config, have_local=bool(local))
 
 
 def _sizes(files: dict[str, int], names: tuple[str, ...]) -> int:
@@ -398,7 +203,7 @@ def _sizes(files: dict[str, int], names: tuple[str, ...]) -> int:
 def _plan(
     config: Config,
     local: list[LocalArchive],
-    run: _Run,
+    run: Run,
     now: datetime,
     cancel: threading.Event,
     reclaim: int,
@@ -450,7 +255,7 @@ def _carry_out(
     config: Config,
     folder: StickFolder,
     plan: SyncPlan,
-    run: _Run,
+    run: Run,
     cancel: threading.Event,
     progress: ProgressCallback | None,
 ) -> None:
@@ -495,169 +300,10 @@ def _reporter(
     return on_chunk
 
 
-def _prune(folder: StickFolder, name: str, run: _Run, waiting: list[tuple[str, int]]) -> None:
+def _prune(folder: StickFolder, name: str, run: Run, waiting: list[tuple[str, int]]) -> None:
     folder.remove(name)
     run.pruned.append(name)
     waiting[:] = [w for w in waiting if w[0] != name]
-
-
-# --- outcomes -----------------------------------------------------------------------------
-
-
-_FOREIGN = {
-    "future": "dated in the future",
-    "unrecorded": "usbagent has no record of writing it",
-    "differs": "not the archive usbagent made under that name",
-    "unverifiable": "no checksum to verify it against",
-    "sidecar": "a checksum file without its archive",
-    "partial": "a temporary name for no archive of this host",
-}
-
-
-def _foreign_note(foreign: tuple[Foreign, ...]) -> str:
-    shown = ", ".join(f"{f.name} ({_FOREIGN[f.why]})" for f in foreign[:3])
-    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-    return (
-        f"left alone {len(foreign)} file(s) named like archives that are not copies usbagent "
-        f"wrote: {shown}{more}; they do not count as backups (move them off the stick)"
-    )
-
-
-def _problem(run: _Run, config: Config, have_local: bool) -> str | None:
-    """Why a sync that ran to its end still failed, or None."""
-    audit = run.audit
-    assert audit is not None
-    if audit.corrupt:
-        return (
-            f"copies on the stick are corrupt and no longer exist here to replace them: "
-            f"{', '.join(audit.corrupt)} (the stick may be failing: replace it, or delete "
-            "those files to accept the loss)"
-        )
-    if run.corrupt_local:
-        bad = run.corrupt_local[0]
-        more = f" (and {len(run.corrupt_local) - 1} more)" if len(run.corrupt_local) > 1 else ""
-        says = "the run that wrote it recorded" if bad.by_record else "its sidecar says"
-        return (
-            f"the local archive {bad.path}{more} is corrupt on this host: its sha256 is "
-            f"{bad.sha256}, {says} {bad.expected}; nothing was copied for it. The "
-            f"stick is not at fault: check the disk holding {config.archive.destination}, "
-            "then delete that archive and its .sha256 and run `usbagent archive`"
-        )
-    if blocking := [f.name for f in audit.foreign if f.why == "differs"]:
-        return (
-            f"{', '.join(blocking)} on the stick is not the archive usbagent made under that "
-            "name (its content differs and usbagent never wrote it), so it was left alone and "
-            "the real archive not copied there; move that file off the stick and sync again"
-        )
-    if not have_local:
-        return f"no archives in {config.archive.destination} to copy (has `usbagent archive` run?)"
-    if not run.holds():
-        skipped = ", ".join(dict.fromkeys((*run.future, *run.unrecorded)))
-        return (
-            f"the stick holds no verified copy: no archive in {config.archive.destination} "
-            f"could be copied ({skipped or 'see the log'}: dated in the future or not made "
-            "by a recorded `usbagent archive` run)"
-        )
-    return None
-
-
-def _finished(run: _Run, config: Config, have_local: bool) -> Outcome:
-    audit = run.audit
-    assert audit is not None
-    if (problem := _problem(run, config, have_local)) is not None:
-        return _failed(run, problem)
-    verified = len(run.holds() or ())
-    tail = f"{human(run.free_bytes)} free"  # how to take it out: see `told`
-    notes = []
-    if run.removed_corrupt:
-        notes.append(f"replaced {len(run.removed_corrupt)} corrupt copy(ies)")
-    if run.pruned:
-        notes.append(f"pruned {len(run.pruned)} old")
-    if run.future:
-        notes.append(
-            f"not copied, dated in the future: {', '.join(run.future)} (is the clock right?)"
-        )
-    if unrecorded := [n for n in run.unrecorded if n not in run.future]:  # each named once
-        notes.append(
-            f"not copied, no `usbagent archive` run recorded making them: "
-            f"{', '.join(unrecorded)} (delete them from {config.archive.destination} if "
-            "they are not yours)"
-        )
-    if audit.foreign:
-        notes.append(_foreign_note(audit.foreign))
-    extra = f" ({'; '.join(notes)})" if notes else ""
-    if run.copied:
-        summary = (
-            f"copied {len(run.copied)} archive(s) ({human(run.copied_bytes)}) to {run.stick}, "
-            f"verified{extra}; {tail}"
-        )
-    else:
-        summary = f"{run.stick} is up to date, {verified} archive(s) verified{extra}; {tail}"
-    return Outcome(kind="sync", ok=True, summary=summary, details=run.details())
-
-
-def _failed(run: _Run, cause: str) -> Outcome:
-    if len(run.copied) < run.planned:
-        done = f"; {len(run.copied)} of {run.planned} archive(s) copied before that"
-    elif run.copied:
-        done = f"; the {len(run.copied)} new archive(s) were copied and verified"
-    else:
-        done = ""
-    return Outcome(
-        kind="sync",
-        ok=False,
-        summary=f"sync to {run.stick} failed: {cause}{done}",
-        details={**run.details(), "error": cause},
-    )
-
-
-def _refused(run: _Run, reason: str) -> Outcome:
-    return Outcome(
-        kind="refused",
-        ok=False,
-        summary=f"{run.stick} refused: {reason}",
-        details={**run.details(), "reason": reason},
-    )
-
-
-def refused_outcome(partition: Partition, reason: str) -> Outcome:
-    """A pre-mount refusal as an Outcome (for the agent and `usbagent sync`)."""
-    label = partition.label or partition.part_name
-    run = _Run(describe(partition), label, partition.uuid, partition.fstype)
-    return _refused(run, reason)
-
-
-def refusal(partition: Partition, reason: str) -> StickReport:
-    """A pre-mount refusal, for the journal (the stick's ledger records it too)."""
-    outcome = refused_outcome(partition, reason)
-    label = partition.label or partition.part_name
-    return StickReport(outcome, partition.uuid, label, partition.fstype)
-
-
-_CAUSES = {
-    errno.ENOSPC: "the stick is full (no space left on device)",
-    errno.EDQUOT: "the stick is full (disk quota exceeded)",
-    # A mount found read-only is refused before anything is written (read_only_reason), so
-    # EROFS here means it turned read-only during the run.
-    errno.EROFS: "the stick's filesystem turned read-only during the sync (the kernel does "
-    "that after an error on the stick; check the stick with fsck, or replace it)",
-    errno.EIO: "I/O error on the stick (it is failing or was pulled out)",
-    errno.ENODEV: "the stick disappeared (pulled out?)",
-    errno.ENXIO: "the stick disappeared (pulled out?)",
-    errno.ESTALE: "the stick disappeared (pulled out?)",
-    errno.ENOTCONN: "the stick disappeared (pulled out?)",
-}
-
-
-def _cause(exc: OSError, destination: Path) -> str:
-    """One line for a person: what broke, in their terms, and where."""
-    where = str(exc.filename or "")
-    if where.startswith(str(destination)):
-        return f"cannot read the local archives at {where}: {exc.strerror or exc}"
-    if exc.errno == errno.ENOENT:
-        return "the stick disappeared or its folder was removed during the copy"
-    base = _CAUSES.get(exc.errno or 0, exc.strerror or str(exc))
-    return f"{base} [{where}]" if where and exc.errno not in _CAUSES else base
 
 
 # --- `usbagent sync MOUNTPOINT` -----------------------------------------------------------

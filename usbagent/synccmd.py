@@ -27,10 +27,9 @@ from usbagent.sync import (
     facts_for_mount,
     find_mount,
     precheck,
-    refusal,
     sync_stick,
-    told,
 )
+from usbagent.syncwords import refusal, told
 
 
 def sync_mounted(
