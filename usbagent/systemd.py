@@ -1,7 +1,7 @@
 """Read what systemd recorded about usbagent's units (`systemctl show`), for status and doctor.
 
 `systemctl show` is used rather than a D-Bus client because it speaks to the system or user
-manager alike (the scope rule is the OnFailure hook's, `unitfailure.user_scope`:
+manager alike (`user_scope`, shared with the OnFailure hook:
 $USBAGENT_SYSTEMD_SCOPE=user|system, else $MANAGERPID means a user manager) and prints
 timestamps as plain Unix seconds with --timestamp=unix. A machine without a running systemd
 is a normal case (containers, this project's CI): it is reported as `SystemdUnavailable`,
@@ -15,8 +15,6 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from usbagent.unitfailure import user_scope
 
 AGENT_SERVICE = "usbagent.service"
 ARCHIVE_SERVICE = "usbagent-archive.service"
@@ -61,14 +59,26 @@ class Unit:
         return self.get("LoadState") == "loaded"
 
 
+def user_scope(env: Mapping[str, str]) -> bool:
+    """$USBAGENT_SYSTEMD_SCOPE=user|system, else $MANAGERPID (set by a user manager)."""
+    explicit = env.get("USBAGENT_SYSTEMD_SCOPE", "").strip().lower()
+    if explicit in ("user", "system"):
+        return explicit == "user"
+    return "MANAGERPID" in env
+
+
 def scope_args() -> list[str]:
-    """Same rule as the OnFailure hook: $USBAGENT_SYSTEMD_SCOPE, else $MANAGERPID means user."""
     return ["--user"] if user_scope(os.environ) else []
 
 
-def show(units: Sequence[str], props: Sequence[str]) -> dict[str, Unit]:
-    """Properties of each unit; raise SystemdUnavailable when no manager can be asked."""
-    cmd = ["systemctl", *scope_args(), "show", "--timestamp=unix", "-p", ",".join(props)]
+def show(units: Sequence[str], props: Sequence[str], user: bool | None = None) -> dict[str, Unit]:
+    """Properties of each unit (of the user manager when `user`, by default as
+    `user_scope` says); raise SystemdUnavailable when no manager can be asked.
+
+    The one `systemctl show` client: status, doctor and the OnFailure hook all ask here.
+    """
+    scope = ["--user"] if (user_scope(os.environ) if user is None else user) else []
+    cmd = ["systemctl", *scope, "show", "--timestamp=unix", "-p", ",".join(props)]
     try:
         proc = subprocess.run(
             [*cmd, *units], capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False

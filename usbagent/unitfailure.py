@@ -22,10 +22,9 @@ import logging
 import os
 import re
 import signal
-import subprocess
 from collections.abc import Mapping
 
-from usbagent import journal
+from usbagent import journal, systemd
 from usbagent.config import Config
 from usbagent.events import Outcome
 
@@ -57,18 +56,6 @@ RESULTS = {
 # ExecMainCode is a siginfo si_code: CLD_EXITED, CLD_KILLED, CLD_DUMPED.
 CLD_EXITED = "1"
 EXIT_CODES_BY_NAME = {"exited": CLD_EXITED, "killed": "2", "dumped": "3"}
-
-
-def user_scope(env: Mapping[str, str]) -> bool:
-    explicit = env.get("USBAGENT_SYSTEMD_SCOPE", "").strip().lower()
-    if explicit in ("user", "system"):
-        return explicit == "user"
-    return "MANAGERPID" in env
-
-
-def parse_show(text: str) -> dict[str, str]:
-    """`systemctl show` output (Key=Value lines) as a dict."""
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def _signal_name(value: str) -> str:
@@ -105,15 +92,10 @@ def describe(unit: str, props: Mapping[str, str]) -> str:
 
 def query(unit: str, user: bool) -> tuple[dict[str, str], str]:
     """The unit's properties from its manager, or ({}, why not) when it cannot be asked."""
-    cmd = ["systemctl", *(["--user"] if user else []), "show", unit]
-    cmd.append("--property=" + ",".join(PROPERTIES))
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        return dict(systemd.show([unit], PROPERTIES, user)[unit].props), ""
+    except systemd.SystemdUnavailable as exc:
         return {}, f"systemctl show failed: {exc}"
-    if done.returncode != 0:
-        return {}, f"systemctl show failed: {done.stderr.strip() or done.returncode}"
-    return parse_show(done.stdout), ""
 
 
 def props_from_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -139,7 +121,7 @@ def outcome_for(unit: str, env: Mapping[str, str]) -> Outcome | None:
         props = props_from_env(env)
         details = {"unit": unit, "via": "ExecStopPost", **props}
         return Outcome("unit-failed", ok=False, summary=describe(unit, props), details=details)
-    user = user_scope(env)
+    user = systemd.user_scope(env)
     props, problem = query(unit, user)
     summary = describe(unit, props) + (f" ({problem})" if problem else "")
     restarts = props.get("NRestarts", "0")

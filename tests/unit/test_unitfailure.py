@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from usbagent import state
-from usbagent.unitfailure import describe, outcome_for, parse_show, props_from_env, user_scope
+from usbagent.systemd import parse_show, user_scope
+from usbagent.unitfailure import describe, outcome_for, props_from_env
 
 UNIT = "usbagent-archive.service"
 EXEC_START = (
@@ -47,10 +48,9 @@ def test_describe(props: dict[str, str], reason: str) -> None:
 
 
 def test_parse_show() -> None:
-    assert parse_show("Result=exit-code\nExecStart={ path=/a ; x=y }\n\n") == {
-        "Result": "exit-code",
-        "ExecStart": "{ path=/a ; x=y }",
-    }
+    """The hook reads its unit with the one systemctl show parser (systemd.parse_show)."""
+    (unit,) = parse_show("Result=exit-code\nExecStart={ path=/a ; x=y }\n\n", [UNIT])
+    assert unit.props == {"Result": "exit-code", "ExecStart": "{ path=/a ; x=y }"}
 
 
 def test_exec_stop_post_environment() -> None:
