@@ -36,7 +36,7 @@ from dbus_next.constants import BusType, MessageType
 from dbus_next.message import Message
 from dbus_next.signature import Variant
 
-from usbagent import outbox
+from usbagent import dbuscall, outbox
 from usbagent.config import Config
 from usbagent.details import SyncDetails, unit_of
 from usbagent.events import Outcome
@@ -147,11 +147,7 @@ class Session:
 
 
 async def _call(bus: MessageBus, msg: Message) -> list[Any]:
-    reply = await bus.call(msg)
-    if reply is None or reply.message_type == MessageType.ERROR:
-        error = reply.error_name if reply else "no reply"
-        raise OSError(f"{msg.destination} {msg.member}: {error} {reply.body if reply else ''}")
-    return list(reply.body)
+    return list((await dbuscall.call(bus, msg)).body)  # CallFailed is an OSError
 
 
 async def session_props(bus: MessageBus, path: str) -> dict[str, Any]:
@@ -190,10 +186,6 @@ async def graphical_sessions(bus: MessageBus) -> list[Session]:
         if session is not None:
             found.append(session)
     return found
-
-
-def _disconnect(bus: MessageBus) -> None:
-    bus.disconnect()  # type: ignore[no-untyped-call]  # dbus-next leaves it unannotated
 
 
 async def _system_bus(address: str | None) -> MessageBus:
@@ -398,7 +390,7 @@ class Notifier:
 
     def _disconnect(self) -> None:
         if self._bus is not None:
-            _disconnect(self._bus)
+            dbuscall.disconnect(self._bus)
             self._bus = None
 
 
@@ -427,7 +419,7 @@ async def _send_once(state_dir: Path, note: Note) -> None:
         await _deliver_or_keep(bus, state_dir, note)
     finally:
         if bus is not None:
-            _disconnect(bus)
+            dbuscall.disconnect(bus)
 
 
 # --- the helper, running as the desktop user ----------------------------------------------------
@@ -478,7 +470,7 @@ async def show(address: str, note: Note, wait: float) -> int:
                     raise
                 await asyncio.sleep(0.5)
     finally:
-        _disconnect(bus)
+        dbuscall.disconnect(bus)
 
 
 def drop_privileges(uid: int, gid: int, groups: list[int]) -> None:

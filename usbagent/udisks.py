@@ -24,6 +24,7 @@ from dbus_next.constants import BusType, MessageType
 from dbus_next.message import Message
 from dbus_next.signature import Variant
 
+from usbagent import dbuscall
 from usbagent.backend import UDISKS_NAME, DeviceError, EventQueue, Mount, emit
 from usbagent.devices import Partition
 
@@ -94,14 +95,11 @@ def _unwrap(props: Mapping[str, Variant]) -> dict[str, Any]:
 
 
 async def _call(bus: MessageBus, msg: Message) -> Message:
-    """A method call with a timeout; a D-Bus error becomes DeviceError naming the method."""
-    async with asyncio.timeout(CALL_TIMEOUT):
-        reply = await bus.call(msg)
-    assert reply is not None  # method calls always get a reply
-    if reply.message_type == MessageType.ERROR:
-        detail = reply.body[0] if reply.body else ""
-        raise DeviceError(f"{msg.member} on {msg.path} failed: {reply.error_name}: {detail}")
-    return reply
+    """A method call with a timeout; a failed one becomes DeviceError naming the method."""
+    try:
+        return await dbuscall.call(bus, msg, CALL_TIMEOUT)
+    except dbuscall.CallFailed as exc:
+        raise DeviceError(str(exc)) from None
 
 
 async def name_has_owner() -> bool:
@@ -115,7 +113,7 @@ async def name_has_owner() -> bool:
         reply = await _call(bus, _bus_call("NameHasOwner", "s", [UDISKS_NAME]))
         return bool(reply.body[0])
     finally:
-        bus.disconnect()  # type: ignore[no-untyped-call]  # dbus-next leaves it unannotated
+        dbuscall.disconnect(bus)
 
 
 def _bus_call(member: str, signature: str, body: list[Any]) -> Message:
@@ -307,5 +305,5 @@ class UDisksBackend:
 
     async def close(self) -> None:
         if self._bus is not None:
-            self._bus.disconnect()  # type: ignore[no-untyped-call]  # dbus-next leaves it unannotated
+            dbuscall.disconnect(self._bus)
             self._bus = None

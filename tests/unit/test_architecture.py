@@ -18,7 +18,7 @@ MAX_LINES = 400
 LAYERS: dict[str, frozenset[str]] = {
     "model": frozenset({"errors", "events", "details", "config", "units"}),
     "policy": frozenset({"naming", "plan", "retention", "devices", "tarsafety"}),
-    "platform": frozenset({"fsutil", "mounts", "watchdog", "systemd", "credentials"}),
+    "platform": frozenset({"fsutil", "mounts", "watchdog", "systemd", "credentials", "dbuscall"}),
     "sources": frozenset({"backend", "sources", "udisks", "udev"}),
     "stick": frozenset({"copier", "sync", "synclocal", "syncwords"}),
     "journal": frozenset({"journal", "state", "ledger", "outbox", "metrics"}),
@@ -48,7 +48,7 @@ JOURNAL_READERS: dict[str, frozenset[str]] = {
 }  # fmt: skip
 # Not split yet (issue 10): the size each had when the limit came; none may grow.
 OVERSIZE = {
-    "agent": 567, "archive": 460, "config": 411, "doctor": 508, "notify": 519, "status": 597,
+    "agent": 567, "archive": 460, "config": 411, "doctor": 508, "notify": 511, "status": 597,
 }  # fmt: skip
 STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
 
