@@ -34,7 +34,7 @@ from typing import Any
 
 from usbagent import ledger, outbox, state, systemd
 from usbagent.config import Config, ConfigError
-from usbagent.details import SyncDetails, unit_of
+from usbagent.details import ArchiveDetails, SyncDetails, unit_of
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
 from usbagent.health import (
@@ -259,9 +259,9 @@ def check_archive_files(
     """
     name = "archive-files"
     fix = f"run `usbagent archive` now, and `usbagent verify {destination}`"
-    newest_written = last_written.details.get("archive") if last_written else None
-    present = {a.name for a in archives}
-    if last_written and isinstance(newest_written, str) and newest_written not in present:
+    made = ArchiveDetails.of(last_written) if last_written else None
+    newest_written = made.archive if made else ""
+    if last_written and newest_written and newest_written not in {a.name for a in archives}:
         return Check(
             name,
             CRITICAL,
