@@ -32,7 +32,7 @@ from tests.integration.sync_helpers import (
     write_toml,
 )
 from tests.stack import MakeStick, PartSpec
-from usbagent import ledger, naming, state
+from usbagent import journal, ledger, naming, state
 from usbagent.config import Config
 from usbagent.events import Outcome
 from usbagent.sync import Progress, facts_at
@@ -503,7 +503,7 @@ def test_a_local_archive_changed_since_its_run_is_not_copied_though_its_sidecar_
     new = make_archive(dest, 2, MIB)
     for made in (old, new):
         details = {"archive": made.name, "size": made.size, "sha256": made.sha256}
-        state.record(config.agent, Outcome("archive", True, "written", details=details))
+        journal.record(config.agent, Outcome("archive", True, "written", details=details))
     mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
     (dest / new.name).rename(dest / "held")
     toml = write_toml(config, tmp_path / "c.toml")
