@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from usbagent import credentials, ledger, mounts, naming, selection, state, systemd
-from usbagent.backend import UDISKS_NAME
 from usbagent.config import Config
 from usbagent.devices import FAT_MAX_FILE
 from usbagent.errors import UsbagentError
@@ -344,39 +343,14 @@ def check_last_run(config: Config, units: Mapping[str, systemd.Unit] | None) -> 
     return Finding(name, True, f"succeeded at {last.time:%Y-%m-%d %H:%M}")
 
 
-async def _udisks_on_bus(address: str | None) -> bool:
-    from dbus_next.aio.message_bus import MessageBus
-    from dbus_next.constants import BusType
-    from dbus_next.message import Message
+def udisks_available(address: str | None, activatable: bool) -> tuple[bool, str]:
+    """As the agent asks (sources / udisks.on_bus): running now for usb.backend "auto",
+    running or started on demand by the bus for "udisks2"."""
+    from usbagent import udisks  # deferred: doctor without dbus-next still reports the rest
 
-    if address:
-        bus = await MessageBus(bus_address=address).connect()
-    else:
-        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-
-    async def listed(member: str) -> set[str]:
-        reply = await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member=member,
-            )
-        )
-        return set(reply.body[0]) if reply and reply.body else set()
-
-    try:
-        # Running now, or started on demand by the bus (what systemd machines do).
-        names = await listed("ListActivatableNames") | await listed("ListNames")
-        return UDISKS_NAME in names
-    finally:
-        bus.disconnect()  # type: ignore[no-untyped-call]  # dbus-next leaves it unannotated
-
-
-def udisks_available(address: str | None) -> tuple[bool, str]:
     async def probe() -> bool:
         async with asyncio.timeout(5):
-            return await _udisks_on_bus(address)
+            return await udisks.on_bus(address, activatable)
 
     try:
         return asyncio.run(probe()), "UDisks2 not on the system bus"
@@ -398,7 +372,7 @@ def udev_available(control: Path) -> tuple[bool, str]:
 
 def check_device_events(config: Config, locs: Locations) -> Finding:
     name = "device events"
-    udisks, why_not_udisks = udisks_available(locs.system_bus)
+    udisks, why_not_udisks = udisks_available(locs.system_bus, config.usb.backend == "udisks2")
     udev, why_not_udev = udev_available(locs.udev_control)
     backend = config.usb.backend
     if (backend == "udisks2" and not udisks) or (backend == "udev" and not udev):

@@ -14,11 +14,15 @@ from usbagent.config import Config
 log = logging.getLogger(__name__)
 
 
-async def udisks_on_bus() -> bool:
-    """Whether org.freedesktop.UDisks2 has an owner on the system bus (no activation)."""
+async def udisks_on_bus(address: str | None = None, activatable: bool = False) -> bool:
+    """`udisks.on_bus`, False (logged) when there is no system bus at all."""
     from usbagent import udisks  # deferred: the udev backend must not need dbus-next
 
-    return await udisks.name_has_owner()
+    try:
+        return await udisks.on_bus(address, activatable)
+    except (OSError, ValueError) as exc:
+        log.info("no system bus (%s): UDisks2 not available", exc)
+        return False
 
 
 async def select(config: Config) -> Backend:

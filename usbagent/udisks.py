@@ -102,16 +102,22 @@ async def _call(bus: MessageBus, msg: Message) -> Message:
         raise DeviceError(str(exc)) from None
 
 
-async def name_has_owner() -> bool:
-    """Whether UDisks2 is running now (NameHasOwner does not trigger bus activation)."""
+async def on_bus(address: str | None = None, activatable: bool = False) -> bool:
+    """Whether UDisks2 runs now (NameHasOwner, which starts nothing), or, with `activatable`,
+    whether the bus would start it on the first call (what a configured "udisks2" needs).
+
+    The one answer to "is UDisks2 there": the agent's `auto` choice and doctor both ask it.
+    Raises OSError/ValueError when there is no system bus to ask.
+    """
+    system = MessageBus(bus_address=address) if address else MessageBus(bus_type=BusType.SYSTEM)
+    bus = await system.connect()
     try:
-        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-    except (OSError, ValueError) as exc:
-        log.info("no system bus (%s): UDisks2 not available", exc)
-        return False
-    try:
-        reply = await _call(bus, _bus_call("NameHasOwner", "s", [UDISKS_NAME]))
-        return bool(reply.body[0])
+        if (await _call(bus, _bus_call("NameHasOwner", "s", [UDISKS_NAME]))).body[0]:
+            return True
+        if not activatable:
+            return False
+        names = (await _call(bus, _bus_call("ListActivatableNames", "", []))).body[0]
+        return UDISKS_NAME in names
     finally:
         dbuscall.disconnect(bus)
 
