@@ -52,7 +52,9 @@ def record(agent: AgentConfig, outcome: Outcome) -> None:
     data = outcome.to_json()
     with flocked(state_dir / "record.lock"):
         write_json(state_dir / "last" / f"{outcome.kind}.json", data)
-        if not outcome.ok:
+        if outcome.ok:  # what metrics (and a trimmed history) need without reading it all
+            write_json(state_dir / "last-ok" / f"{outcome.kind}.json", data)
+        else:
             write_json(state_dir / "last-error.json", data)
         _append_event(state_dir / "events.jsonl", data)
         made = archive_record(outcome)

@@ -1,4 +1,5 @@
-"""Prometheus node_exporter textfile metrics, recomputed from the state dir after every outcome.
+"""Prometheus node_exporter textfile metrics, the journal's subscriber: rewritten after every
+outcome from the files the journal keeps for it (last-ok/<kind>.json, error counts).
 
 The file is derived only from what `journal.record` persisted, so it can never disagree with
 `usbagent status`; it is replaced atomically because node_exporter may read it at any moment
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import typing
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,12 +53,14 @@ def _stored_counts(state_dir: Path) -> dict[str, int] | None:
     return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
-def count_errors(state_dir: Path, history: list[Outcome], new: Outcome | None) -> dict[str, int]:
+def count_errors(
+    state_dir: Path, history: Callable[[], list[Outcome]], new: Outcome | None
+) -> dict[str, int]:
     """The persisted counts, plus `new` if it failed; seeded from the history (which already
     holds `new`) when there are none yet. Called under journal.record's lock."""
     counts = _stored_counts(state_dir)
     if counts is None:
-        counts = dict(Counter(o.kind for o in history if not o.ok))
+        counts = dict(Counter(o.kind for o in history() if not o.ok))
     elif new is not None and not new.ok:
         counts[new.kind] = counts.get(new.kind, 0) + 1
     else:
@@ -66,13 +70,25 @@ def count_errors(state_dir: Path, history: list[Outcome], new: Outcome | None) -
 
 
 def gather(agent: AgentConfig, new: Outcome | None = None) -> MetricFacts:
-    """Read the history (and the last-of-kind files, which outlive history trimming)."""
+    """The facts from the files the journal keeps per kind (last-ok/, error counts); the
+    history is read only for a state dir an older version wrote, which lacks them."""
     state_dir = agent.state_dir
-    history = state.events(state_dir)
+    events: list[Outcome] | None = None
+
+    def history() -> list[Outcome]:
+        nonlocal events
+        if events is None:
+            events = state.events(state_dir)
+        return events
+
+    def newest_ok(kind: str) -> Outcome | None:
+        kept = state.last_ok(state_dir, kind)
+        return kept or _newest_ok(history(), state.last(state_dir, kind), kind)
+
     counts = count_errors(state_dir, history, new)
     return MetricFacts(
-        last_archive=_newest_ok(history, state.last(state_dir, "archive"), "archive"),
-        last_sync=_newest_ok(history, state.last(state_dir, "sync"), "sync"),
+        last_archive=newest_ok("archive"),
+        last_sync=newest_ok("sync"),
         errors=tuple((kind, counts.get(kind, 0)) for kind in KINDS),
         archive_stale_after=float(agent.stale_after_hours * 3600),
         sync_stale_after=float(agent.usb_stale_after_days * 86400),

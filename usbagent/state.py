@@ -4,6 +4,7 @@ Written only by `usbagent.journal` (and the journal's own parts: ledger, outbox,
 
 Layout (all JSON, under agent.state_dir):
   last/<kind>.json      newest Outcome of each kind (archive, sync, refused, unit-failed, ...)
+  last-ok/<kind>.json   newest Outcome with ok=true of each kind (absent in older state dirs)
   last-error.json       newest Outcome with ok=false, whatever its kind
   events.jsonl          append-only history of Outcomes (bounded, oldest dropped)
   archives.json         every archive a successful run made: name, size, sha256, when
@@ -116,6 +117,13 @@ def archives(state_dir: Path, outcomes: Iterable[Outcome] = ()) -> dict[str, Arc
 
 def last(state_dir: Path, kind: str) -> Outcome | None:
     data = read_json(state_dir / "last" / f"{kind}.json")
+    return Outcome.from_json(data) if data else None
+
+
+def last_ok(state_dir: Path, kind: str) -> Outcome | None:
+    """The newest successful outcome of `kind`, None when none was kept (or an older
+    version wrote the state dir: then only the history can tell)."""
+    data = read_json(state_dir / "last-ok" / f"{kind}.json")
     return Outcome.from_json(data) if data else None
 
 

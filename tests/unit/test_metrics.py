@@ -122,3 +122,21 @@ def test_error_counts_start_from_the_history_and_thresholds_are_exported(
     assert got['usbagent_errors_total{kind="refused"}'] == 1
     assert got["usbagent_archive_stale_after_seconds"] == 30 * 3600
     assert got["usbagent_stick_sync_stale_after_seconds"] == 2.5 * 86400
+
+
+def test_the_newest_success_outlives_the_history_trimming_it(
+    agent: AgentConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many failures after the last good archive push it out of events.jsonl, and
+    last/archive.json is a failure too: the metrics must still date the last good one
+    (before, they said 0, "never", and the stale alert fired on a fresh backup's host)."""
+    monkeypatch.setattr(state, "MAX_EVENTS", 2)  # trim to 2 events once over 2 KiB
+    journal.record(agent, Outcome("archive", True, "made", T1, {"size": 7, "duration": 1.0}))
+    for i in range(40):
+        journal.record(agent, Outcome("archive", False, f"tar exited 2 ({i})", T2))
+    assert all(not o.ok for o in state.events(agent.state_dir))  # the good one is gone
+    assert agent.metrics_file is not None
+    got = samples(agent.metrics_file)
+    assert got["usbagent_last_archive_timestamp_seconds"] == T1.timestamp()
+    assert got["usbagent_last_archive_size_bytes"] == 7
+    assert got['usbagent_errors_total{kind="archive"}'] == 40
