@@ -340,7 +340,7 @@ def make_archive(config: Config) -> Made:
         started = time.monotonic()
         final = destination / name.filename
         size, digest, warnings, counts = write_archive(config, ready, final)
-        write_atomic(destination / name.sidecar, f"{digest}  {name.filename}\n".encode())
+        write_atomic(destination / name.sidecar, naming.sidecar_line(name.filename, digest))
         duration = time.monotonic() - started
     for line in warnings:
         log.warning("tar: %s", line)

@@ -56,14 +56,8 @@ class Cancelled(Exception):
     """The caller asked us to stop (agent shutdown, Ctrl-C)."""
 
 
-def parse_sidecar(text: str) -> str | None:
-    """The sha256 in a `sha256sum`-format line, or None if the text is not one."""
-    digest = text.split(maxsplit=1)[0].lower() if text.strip() else ""
-    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
-
-
 def sidecar_line(archive: LocalArchive | StickFile) -> bytes:
-    return f"{archive.sha256}  {archive.name}\n".encode()
+    return naming.sidecar_line(archive.name, archive.sha256)
 
 
 class StickFolder:
@@ -165,7 +159,7 @@ class StickFolder:
         except FileNotFoundError:
             return None
         try:
-            return parse_sidecar(os.read(fd, _SIDECAR_MAX).decode(errors="replace"))
+            return naming.sidecar_digest(os.read(fd, _SIDECAR_MAX).decode(errors="replace"), name)
         finally:
             os.close(fd)
 

@@ -20,7 +20,6 @@ from usbagent import naming, state, systemd
 from usbagent.config import Config
 from usbagent.events import Kind, Outcome
 from usbagent.units import human_bytes
-from usbagent.verify import parse_sidecar
 
 OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
 KINDS: tuple[Kind, ...] = typing.get_args(Kind)
@@ -61,7 +60,7 @@ def _sidecar(folder: Path, name: str) -> tuple[str | None, str]:
     except OSError as exc:
         return None, f"the sidecar {sidecar.name} cannot be read: {exc.strerror}"
     try:
-        return parse_sidecar(text, name), ""
+        return naming.parse_sidecar(text, name), ""
     except ValueError as exc:
         return None, str(exc)
 

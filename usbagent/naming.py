@@ -87,3 +87,34 @@ def is_partial(filename: str) -> bool:
         return False
     base = filename.removesuffix(PARTIAL).removesuffix(SIDECAR)
     return parse(base) is not None
+
+
+_SIDECAR_LINE = re.compile(r"^(?P<hex>[0-9a-fA-F]{64}) [ *](?P<name>.+)$")
+
+
+def sidecar_line(name: str, sha256: str) -> bytes:
+    """The sidecar of archive `name`: one `sha256sum` line, as `sha256sum -c` reads it."""
+    return f"{sha256}  {name}\n".encode()
+
+
+def parse_sidecar(text: str, archive_name: str) -> str:
+    """The hex digest a sidecar states for `archive_name`; ValueError says what is wrong.
+
+    The one reading of a sidecar, on the host and on a stick alike: a sidecar that names
+    another file, or holds more than its one line, states nothing about this archive.
+    """
+    lines = text.splitlines()
+    match = _SIDECAR_LINE.match(lines[0]) if len(lines) == 1 else None
+    if match is None:
+        raise ValueError("sidecar is not one `sha256sum` line")
+    if match["name"] != archive_name:
+        raise ValueError(f"sidecar is for {match['name']!r}, not for this archive")
+    return match["hex"].lower()
+
+
+def sidecar_digest(text: str, archive_name: str) -> str | None:
+    """`parse_sidecar`, or None when the sidecar states no digest for `archive_name`."""
+    try:
+        return parse_sidecar(text, archive_name)
+    except ValueError:
+        return None

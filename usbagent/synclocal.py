@@ -19,7 +19,6 @@ from usbagent.copier import (
     CHUNK,
     Cancelled,
 )
-from usbagent.copier import parse_sidecar as _parse_sidecar
 from usbagent.plan import (
     LocalArchive,
 )
@@ -51,11 +50,13 @@ def local_archives(config: Config) -> list[LocalArchive]:
                 if parsed is None or name + naming.SIDECAR not in infos:
                     continue
                 try:
-                    digest = _parse_sidecar(home.readtext(name + naming.SIDECAR)[:4096])
+                    digest = naming.sidecar_digest(
+                        home.readtext(name + naming.SIDECAR)[:4096], name
+                    )
                 except fs_errors.ResourceNotFound:
                     continue  # retention removed it meanwhile
                 if digest is None:
-                    log.warning("%s: sidecar is not in sha256sum format, not copied", name)
+                    log.warning("%s: its sidecar states no sha256 for it, not copied", name)
                     continue
                 archive = LocalArchive(name=name, size=int(info.size), sha256=digest)
                 found.append((parsed, archive))

@@ -11,7 +11,6 @@ fails, so a wrong path never verifies "successfully" nothing.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from usbagent.tarsafety import classify
 from usbagent.units import human_bytes
 
 MAX_NAMED = 5  # refused members named in one verify line
-_SIDECAR_LINE = re.compile(r"^(?P<hex>[0-9a-fA-F]{64}) [ *](?P<name>.+)$")
 
 
 @dataclass(frozen=True)
@@ -33,17 +31,6 @@ class Checked:
     path: Path
     problem: str | None  # None: intact
     detail: str = ""
-
-
-def parse_sidecar(text: str, archive_name: str) -> str:
-    """The hex digest a sidecar states for `archive_name`; ValueError says what is wrong."""
-    lines = text.splitlines()
-    match = _SIDECAR_LINE.match(lines[0]) if len(lines) == 1 else None
-    if match is None:
-        raise ValueError("sidecar is not one `sha256sum` line")
-    if match["name"] != archive_name:
-        raise ValueError(f"sidecar is for {match['name']!r}, not for this archive")
-    return match["hex"].lower()
 
 
 def sha256_of(path: Path) -> str:
@@ -73,7 +60,7 @@ def check_checksum(archive: Path) -> str | None:
     """None when the archive matches its sidecar, else the problem."""
     sidecar = archive.with_name(archive.name + naming.SIDECAR)
     try:
-        expected = parse_sidecar(sidecar.read_text(errors="replace"), archive.name)
+        expected = naming.parse_sidecar(sidecar.read_text(errors="replace"), archive.name)
     except FileNotFoundError:
         return f"sidecar {sidecar.name} is missing"
     except ValueError as exc:

@@ -326,6 +326,25 @@ def test_local_archives_without_a_sidecar_are_not_copied(
     assert stick_files(mount) == {done.name, done.name + ".sha256"}
 
 
+def test_a_local_archive_whose_sidecar_names_another_file_is_not_copied(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    """The sidecar is read as `status` and `verify` read it (naming.parse_sidecar): one
+    that states the digest of another name states nothing about this archive (before, the
+    sync took its digest, copied the archive and wrote a fresh sidecar on the stick)."""
+    config = sync_config(tmp_path, unique_label)
+    done = make_archive(config.archive.destination, 1, MIB)
+    odd = make_archive(config.archive.destination, 2, MIB)
+    sidecar = config.archive.destination / (odd.name + ".sha256")
+    sidecar.write_text(f"{odd.sha256}  some-other-file\n")
+    mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
+
+    outcome = sync(config, mount)
+
+    assert outcome.ok, outcome.summary
+    assert stick_files(mount) == {done.name, done.name + ".sha256"}
+
+
 def test_sync_core_never_writes_to_a_folder_whose_stick_is_gone(tmp_path: Path) -> None:
     # The agent's mount point after the stick was pulled: a plain, empty folder.
     config = sync_config(tmp_path, "ua-gone")

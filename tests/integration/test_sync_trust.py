@@ -182,9 +182,10 @@ def test_a_stick_left_without_any_verified_copy_is_a_failure(
 ) -> None:
     config = sync_config(tmp_path, unique_label)
     dest = config.archive.destination
-    make_archive(dest, 0, MIB)
+    made = make_archive(dest, 0, MIB)
     (dest / archive_name(0)).rename(dest / FUTURE)  # only a future-dated archive here
-    (dest / (archive_name(0) + naming.SIDECAR)).rename(dest / (FUTURE + naming.SIDECAR))
+    (dest / (archive_name(0) + naming.SIDECAR)).unlink()
+    (dest / (FUTURE + naming.SIDECAR)).write_bytes(naming.sidecar_line(FUTURE, made.sha256))
     mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
 
     r = usbagent(write_toml(config, tmp_path / "c.toml"), "sync", str(mount))
