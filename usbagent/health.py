@@ -114,9 +114,10 @@ size = human_bytes  # the one byte formatter: status lines quote sync summaries
 
 
 def known_outcomes(state_dir: Path) -> list[Outcome]:
-    """The history plus the newest outcome of each kind (those outlive history trimming)."""
-    newest_files = [state.last(state_dir, kind) for kind in KINDS]
-    return state.events(state_dir) + [o for o in newest_files if o is not None]
+    """The history plus the newest outcome, and the newest success, of each kind (those
+    outlive history trimming: many failures must not make the last good run unknown)."""
+    kept = [read(state_dir, kind) for kind in KINDS for read in (state.last, state.last_ok)]
+    return state.events(state_dir) + [o for o in kept if o is not None]
 
 
 def archive_problem(f: ArchiveFile) -> str | None:

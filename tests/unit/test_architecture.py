@@ -37,7 +37,7 @@ IO_MODULES = frozenset(
 # What a module outside the journal may use of the journal's parts: readers and types only.
 JOURNAL_READERS: dict[str, frozenset[str]] = {
     "state": frozenset(
-        {"read_json", "last", "last_error", "events", "archives", "known_archives",
+        {"read_json", "last", "last_ok", "last_error", "events", "archives", "known_archives",
          "archive_record", "ArchiveRecord", "journal_entries", "MAX_EVENTS", "MAX_ARCHIVES"}
     ),
     "ledger": frozenset({"load", "sticks", "StickRecord", "path_for"}),

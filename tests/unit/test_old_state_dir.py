@@ -1,5 +1,6 @@
 """A state dir written by the previous version (before typed details and the journal) is
-still read: status, metrics and notifications take its outcomes as they are."""
+still read: status, metrics and notifications take its outcomes as they are; and what the
+journal keeps per kind outlives the bounded history."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from usbagent import metrics, naming, notify, state, status
+import pytest
+
+from usbagent import journal, metrics, naming, notify, state, status
 from usbagent.config import AgentConfig, ArchiveConfig, Config
 from usbagent.details import ArchiveDetails, SyncDetails
+from usbagent.events import Outcome
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SHA = "ab" * 32
@@ -93,3 +97,27 @@ def test_typed_views_of_old_outcomes(tmp_path: Path) -> None:
     text = metrics.render(metrics.gather(config.agent))
     assert "usbagent_last_archive_size_bytes 10\n" in text
     assert "usbagent_last_archive_duration_seconds 2.5\n" in text
+
+
+def test_status_knows_the_last_good_run_after_failures_trimmed_it_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive the last good run wrote, deleted, is reported as lost even when many
+    failures since pushed that run out of events.jsonl (and last/archive.json failed too)."""
+    config = old_state_dir(tmp_path)
+    agent = config.agent
+    (agent.state_dir / "events.jsonl").unlink()
+    (agent.state_dir / "last" / "archive.json").unlink()
+    name = naming.make("host", NOW - timedelta(minutes=30)).filename
+    (config.archive.destination / name).write_bytes(b"y" * 5)
+    (config.archive.destination / (name + ".sha256")).write_bytes(naming.sidecar_line(name, SHA))
+    made = {"archive": name, "size": 5, "sha256": SHA}
+    journal.record(agent, Outcome("archive", True, "made", NOW - timedelta(minutes=30), made))
+    monkeypatch.setattr(state, "MAX_EVENTS", 2)  # trim to 2 events once over 2 KiB
+    for i in range(40):
+        journal.record(agent, Outcome("archive", False, f"tar exited 2 ({i})", NOW))
+    (config.archive.destination / name).unlink()
+    checks = {c.name: c for c in status.evaluate(status.gather(config), config, NOW)}
+    assert checks["archive-files"].state == status.CRITICAL
+    assert f"newest archive {name}" in checks["archive-files"].message
+    assert "is gone from" in checks["archive-files"].message
