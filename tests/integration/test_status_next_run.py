@@ -214,6 +214,9 @@ def test_the_state_dir_knows_its_archives_after_the_history_is_trimmed(tmp_path:
     checks = status_of(s)
     assert checks["archive"]["state"] == "OK", checks["archive"]
     assert archive.name in checks["archive"]["message"]
+    (s.state_dir / "last-ok" / "archive.json").unlink()  # the newest good run's record
+    checks = status_of(s)
+    assert checks["archive"]["state"] == "OK", "archives.json alone still knows it"
     (s.state_dir / "archives.json").unlink()  # without the journal it is unknown
     checks = status_of(s)
     assert checks["archive"]["state"] == "CRITICAL"
