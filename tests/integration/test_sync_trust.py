@@ -203,7 +203,9 @@ def test_a_future_dated_local_file_no_run_made_is_named_once(
     config = sync_config(tmp_path, unique_label)
     dest = config.archive.destination
     real = make_archive(dest, 0, MIB)
-    state.record(config.agent, Outcome("archive", True, "written", details={"archive": real.name}))
+    journal.record(
+        config.agent, Outcome("archive", True, "written", details={"archive": real.name})
+    )
     _forge(dest, FUTURE, b"junk\n", sidecar=True)
     mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
 
