@@ -190,11 +190,16 @@ def _step(cmd: list[str]) -> None:
 
 
 def activate(config: Config) -> None:
-    """Make the installed files live: state dir, reloads, enable and start."""
+    """Make the installed files live: state dir, reloads, enable and (re)start.
+
+    Restart, not `enable --now`: after an upgrade the running agent would otherwise keep the
+    old code and the old unit's sandbox until the next boot.
+    """
     config.agent.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _step(["systemctl", "daemon-reload"])
     _step(["udevadm", "control", "--reload"])
-    _step(["systemctl", "enable", "--now", *ENABLE])
+    _step(["systemctl", "enable", *ENABLE])
+    _step(["systemctl", "restart", *ENABLE])
 
 
 def run(config: Config | None, args: argparse.Namespace) -> int:
@@ -216,5 +221,5 @@ def run(config: Config | None, args: argparse.Namespace) -> int:
         verify_units(Path(stage) / UNIT_DIR)
     write(files, Path("/"))
     activate(config)
-    print(f"usbagent install: installed and enabled {', '.join(ENABLE)}")
+    print(f"usbagent install: installed, enabled and (re)started {', '.join(ENABLE)}")
     return 0

@@ -1,0 +1,118 @@
+"""The real machine: usbagent as shipped, in a Debian 12 guest with systemd as PID 1.
+
+One guest for this module, booted once; the cases run in file order on it (the numbers are
+the cases of issue 8) and each leaves the machine as it found it. Cases that need a reboot
+(a missed night, a power cut) boot the same disk again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+
+import pytest
+
+from tests.vm import sticks
+from tests.vm.guest import DESTINATION, IDENTITY, NOTIFY_LOG, STATE, Guest
+
+UNITS = (
+    "usbagent.service",
+    "usbagent-archive.service",
+    "usbagent-notify-failure@usbagent.service.service",
+)
+
+
+def systemd_time(guest: Guest, unit: str, prop: str) -> str:
+    """A timestamp property as `status` prints times ("2026-12-02 02:00 UTC")."""
+    value = guest.ok(f"TZ=UTC LC_ALL=C systemctl show -p {prop} --value {unit}").strip()
+    return datetime.strptime(value, "%a %Y-%m-%d %H:%M:%S UTC").strftime("%Y-%m-%d %H:%M UTC")
+
+
+def sha256_in_guest(guest: Guest, path: str) -> str:
+    return guest.ok(f"sha256sum {path}").split()[0]
+
+
+def test_1_install_leaves_a_running_agent_an_enabled_timer_and_a_clean_doctor(
+    machine: Guest, record_property: pytest.RecordProperty
+) -> None:
+    agent = machine.unit("usbagent.service", "ActiveState", "SubState", "NRestarts", "Type")
+    # Type=notify: "active" only once the agent sent READY=1.
+    assert agent == {"ActiveState": "active", "SubState": "running", "NRestarts": "0",
+                     "Type": "notify"}  # fmt: skip
+    timer = machine.unit("usbagent-archive.timer", "UnitFileState", "ActiveState")
+    assert timer == {"UnitFileState": "enabled", "ActiveState": "active"}
+    doctor = machine.usbagent("doctor")
+    assert doctor.rc == 0, doctor.out + doctor.err
+    # Installing again (an upgrade) restarts the agent: it must not keep running old code
+    # under the old unit's sandbox until the next boot.
+    pid = machine.unit("usbagent.service", "MainPID")["MainPID"]
+    machine.usbagent("install", timeout=300).check("usbagent install (again)")
+    after = machine.unit("usbagent.service", "MainPID", "ActiveState")
+    assert after["ActiveState"] == "active" and after["MainPID"] != pid, after
+    for unit in UNITS:
+        out = machine.sh(f"systemd-analyze security --no-pager {unit} | tail -1").out.strip()
+        record_property(f"security {unit}", out)
+        print(f"systemd-analyze security {unit}: {out}")
+
+
+def test_2_the_timers_service_makes_an_archive_the_standard_tools_read(machine: Guest) -> None:
+    before = set(machine.archives())
+    machine.ok("systemctl start usbagent-archive.service", timeout=600)
+    job = machine.unit("usbagent-archive.service", "Result", "ExecMainStatus")
+    assert job == {"Result": "success", "ExecMainStatus": "0"}
+    (new,) = set(machine.archives()) - before
+    listing = machine.ok(f"age -d -i {IDENTITY} {DESTINATION}/{new} | zstd -d | tar -t")
+    assert "data/docs/note-19.txt" in listing.split() and "data/photos/cat.jpg" in listing.split()
+    machine.ok(f"cd {DESTINATION} && sha256sum -c {new}.sha256")
+    # `status` shows the next run systemd has (systemd 252 prints it in its default style).
+    timer = machine.check("archive-timer")
+    nxt = systemd_time(machine, "usbagent-archive.timer", "NextElapseUSecRealtime")
+    assert timer["state"] == "OK" and f"next {nxt}" in timer["message"], timer
+    assert machine.check("archive")["state"] == "OK"
+
+
+@pytest.fixture(scope="module")
+def ext4_stick(machine: Guest, tmp_path_factory: pytest.TempPathFactory) -> sticks.StickImage:
+    return sticks.make(tmp_path_factory.mktemp("sticks") / "ext4.img", "ext4", 128,
+                       "sovereign-backup")  # fmt: skip
+
+
+def test_3_ext4_usb_stick_is_copied_verified_powered_off_and_alice_is_told(
+    machine: Guest, ext4_stick: sticks.StickImage
+) -> None:
+    machine.login()
+    newest = machine.archives()[-1]
+    cursor = machine.cursor()
+    machine.vm.plug_usb("stick-ext4", ext4_stick.path, serial="UAEXT4")
+    machine.wait_notified("safe to remove", timeout=180)
+    # Drive.PowerOff: the stick left the guest's USB bus and nothing is mounted from it.
+    machine.vm.wait_guest("! lsblk -dno SERIAL | grep -qx UAEXT4", 30, "the stick to leave")
+    assert "sovereign-backup" not in machine.ok("findmnt -rn -o TARGET,SOURCE")
+    log = machine.journal_after(cursor, "usbagent.service")
+    assert "not delivered" not in log and "kept for later" not in log, log
+    sync = json.loads(machine.ok(f"cat {STATE}/last/sync.json"))
+    assert sync["ok"], sync
+    want = sha256_in_guest(machine, f"{DESTINATION}/{newest}")
+    machine.vm.unplug("stick-ext4")
+    on_stick = sticks.files(ext4_stick)
+    assert hashlib.sha256(on_stick[newest]).hexdigest() == want
+    assert on_stick[newest + ".sha256"].decode().split()[0] == want
+
+
+def test_3_a_notification_missed_while_logged_out_is_shown_at_login(
+    machine: Guest, ext4_stick: sticks.StickImage
+) -> None:
+    machine.logout()
+    cursor = machine.cursor()
+    machine.vm.plug_usb("stick-ext4", ext4_stick.path, serial="UAEXT4")
+    machine.vm.wait_guest(
+        f"journalctl -q -o cat -u usbagent.service --after-cursor '{cursor}' "
+        "| grep -q 'kept for later.*safe to remove'",
+        180,
+        "the 'safe to remove' note to be kept (nobody logged in)",
+    )
+    machine.vm.unplug("stick-ext4")
+    machine.ok(f"truncate -s 0 {NOTIFY_LOG}")
+    machine.login()
+    machine.wait_notified("Missed while you were away: Backup copied: stick safe to remove", 180)
