@@ -116,13 +116,18 @@ def fill(template: str, values: Mapping[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-def render(config: Config, usbagent: Path) -> dict[Path, str]:
-    """Every file to install, by path relative to the root. Pure: reads only the templates."""
+def render(config: Config, usbagent: Path, python: Path = Path(sys.executable)) -> dict[Path, str]:
+    """Every file to install, by path relative to the root. Pure: reads only the templates.
+
+    `python` (the interpreter usbagent runs on) starts the OnFailure hook, so that the hook
+    does not depend on the `usbagent` script whose absence it may have to report.
+    """
     if config.path is None:
         raise UsbagentError("install needs a config file (pass --config PATH)")
     extra = [config.agent.metrics_file.parent] if config.agent.metrics_file else []
     values = {
         "usbagent": unit_path(usbagent),
+        "python": unit_path(python),
         "config": unit_path(config.path.resolve()),
         "state_dir": unit_path(config.agent.state_dir),
         "destination": unit_path(config.archive.destination),

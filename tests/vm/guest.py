@@ -154,6 +154,10 @@ class Guest:
         )
         self.vm.wait_guest(f"! ( {open_sessions} )", 60, "alice's session to end")
 
+    def clear_notifications(self) -> None:
+        """Forget what was recorded so far, so a case sees only its own notifications."""
+        self.ok(f"truncate -s 0 {NOTIFY_LOG}")
+
     def notifications(self) -> str:
         """What dbus-monitor recorded of Notify calls on alice's session bus."""
         return self.sh(f"cat {NOTIFY_LOG}").out

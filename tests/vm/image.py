@@ -113,10 +113,18 @@ def ensure(log: TextIO = sys.stderr) -> Image:
         if final.exists():  # a stale incomplete directory from an older harness
             shutil.rmtree(final)
         work.rename(final)
+        _prune(keep=final)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     return _images(final)
+
+
+def _prune(keep: Path) -> None:
+    """Remove the complete images of older inputs (each is ~1 GB): only one is ever used."""
+    for other in CACHE_ROOT.iterdir():
+        if other != keep and (other / "complete").exists():
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _run(cmd: list[str], what: str) -> None:

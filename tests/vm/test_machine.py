@@ -14,7 +14,16 @@ from datetime import datetime
 import pytest
 
 from tests.vm import sticks
-from tests.vm.guest import DESTINATION, IDENTITY, NOTIFY_LOG, STATE, Guest
+from tests.vm.guest import (
+    CONFIG,
+    DESTINATION,
+    IDENTITY,
+    RECIPIENTS,
+    STATE,
+    USBAGENT,
+    VENV,
+    Guest,
+)
 
 UNITS = (
     "usbagent.service",
@@ -113,6 +122,72 @@ def test_3_a_notification_missed_while_logged_out_is_shown_at_login(
         "the 'safe to remove' note to be kept (nobody logged in)",
     )
     machine.vm.unplug("stick-ext4")
-    machine.ok(f"truncate -s 0 {NOTIFY_LOG}")
+    machine.clear_notifications()
     machine.login()
     machine.wait_notified("Missed while you were away: Backup copied: stick safe to remove", 180)
+
+
+def test_8_a_hung_agent_is_killed_by_the_watchdog_restarted_and_alice_is_told(
+    machine: Guest,
+) -> None:
+    machine.clear_notifications()
+    before = machine.unit("usbagent.service", "MainPID", "NRestarts")
+    machine.ok(f"kill -STOP {before['MainPID']}")
+    machine.vm.wait_guest(
+        f'[ "$(systemctl show -p NRestarts --value usbagent.service)" = '
+        f"{int(before['NRestarts']) + 1} ] && systemctl is-active -q usbagent.service",
+        120,
+        "the watchdog to kill and systemd to restart the agent",
+    )
+    after = machine.unit("usbagent.service", "MainPID", "Result")
+    assert after["MainPID"] != before["MainPID"]
+    machine.wait_notified("Backup service failed: usbagent.service", 120)
+    assert "watchdog" in machine.ok(f"cat {STATE}/last/unit-failed.json")
+
+
+def _python_usbagent(machine: Guest, args: str) -> tuple[int, str]:
+    r = machine.sh(f"{VENV}/bin/python3 -m usbagent --config {CONFIG} {args}")
+    return r.rc, r.out + r.err
+
+
+def test_8_a_missing_execstart_is_recorded_notified_and_makes_status_critical(
+    machine: Guest,
+) -> None:
+    machine.clear_notifications()
+    machine.ok(f"mv {USBAGENT} /root/usbagent.moved")
+    try:
+        machine.sh("systemctl start usbagent-archive.service", timeout=120)
+        job = machine.unit("usbagent-archive.service", "Result", "ExecMainStatus")
+        assert job == {"Result": "exit-code", "ExecMainStatus": "203"}, job
+        machine.wait_notified("Backup service failed: usbagent-archive.service", 120)
+        rc, out = _python_usbagent(machine, "status")
+        assert rc == 2 and out.startswith("usbagent CRITICAL"), out
+        assert "usbagent-archive.service" in out and "203/EXEC" in out, out
+    finally:
+        machine.ok(f"mv /root/usbagent.moved {USBAGENT}")
+    _good_archive(machine)
+
+
+def _good_archive(machine: Guest) -> None:
+    """A successful run again, so the next case starts from a healthy machine."""
+    machine.ok("systemctl reset-failed; systemctl start usbagent-archive.service", timeout=600)
+    rc, out = _python_usbagent(machine, "status")
+    assert rc == 0, out
+
+
+def test_9_recipients_file_moved_away_the_timer_run_fails_status_critical_alice_told(
+    machine: Guest,
+) -> None:
+    machine.clear_notifications()
+    machine.ok(f"mv {RECIPIENTS} /root/recipients.moved")
+    try:
+        r = machine.sh("systemctl start usbagent-archive.service", timeout=300)
+        assert r.rc != 0
+        # alice is told why, not only "exited with status 1"
+        machine.wait_notified(f"recipients file {RECIPIENTS} does not exist", 120)
+        rc, out = _python_usbagent(machine, "status")
+        assert rc == 2 and out.startswith("usbagent CRITICAL"), out
+        assert f"recipients file {RECIPIENTS} does not exist" in out, out
+    finally:
+        machine.ok(f"mv /root/recipients.moved {RECIPIENTS}")
+    _good_archive(machine)
