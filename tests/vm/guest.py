@@ -111,6 +111,20 @@ class Guest:
                 return dict(c)
         raise AssertionError(f"no status check {name!r} in {st}")
 
+    def events(self) -> list[dict[str, Any]]:
+        """The agent's recorded outcomes, oldest first (state dir events.jsonl)."""
+        out = self.sh(f"cat {STATE}/events.jsonl").out
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def wait_event(self, kind: str, after: int, timeout: float = 180) -> dict[str, Any]:
+        """The first outcome of `kind` recorded after the first `after` events."""
+        self.vm.wait_guest(
+            f'tail -n +{after + 1} {STATE}/events.jsonl | grep -q \'"kind": "{kind}"\'',
+            timeout,
+            f"a {kind} outcome",
+        )
+        return next(e for e in self.events()[after:] if e["kind"] == kind)
+
     def unit(self, unit: str, *props: str) -> dict[str, str]:
         out = self.ok(f"systemctl show {shlex.quote(unit)} -p {','.join(props)}")
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)

@@ -99,6 +99,17 @@ def ext4_files(stick: StickImage, folder: str = "usbagent") -> dict[str, bytes]:
             _run("umount", mnt)
 
 
+def ext4_root(stick: StickImage) -> list[str]:
+    """The names in the root folder of an ext4 stick image."""
+    size = stick.path.stat().st_size - 2 * OFFSET
+    with _loop(stick.path, size, read_only=True) as dev, tempfile.TemporaryDirectory() as mnt:
+        _run("mount", "-t", "ext4", "-o", "ro,noload", dev, mnt)
+        try:
+            return sorted(p.name for p in Path(mnt).iterdir())
+        finally:
+            _run("umount", mnt)
+
+
 def files(stick: StickImage) -> dict[str, bytes]:
     return fat_files(stick) if stick.fs == "vfat" else ext4_files(stick)
 

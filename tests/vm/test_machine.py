@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -191,3 +191,84 @@ def test_9_recipients_file_moved_away_the_timer_run_fails_status_critical_alice_
     finally:
         machine.ok(f"mv /root/recipients.moved {RECIPIENTS}")
     _good_archive(machine)
+
+
+def test_5_a_labelled_disk_that_is_not_on_usb_is_refused_recorded_and_notified(
+    machine: Guest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    disk = sticks.make(tmp_path_factory.mktemp("disk") / "virtio.img", "ext4", 64,
+                       "sovereign-backup")  # fmt: skip
+    machine.clear_notifications()
+    n = len(machine.events())
+    machine.vm.plug_disk("disk-virtio", disk.path, serial="UAVIRTIO")
+    try:
+        refused = machine.wait_event("refused", n)
+        assert "not USB" in refused["summary"], refused
+        machine.wait_notified("Backup stick not used", 60)
+        assert "sovereign-backup" not in machine.ok("findmnt -rn -o TARGET")
+    finally:
+        machine.vm.unplug("disk-virtio")
+    assert "usbagent" not in sticks.ext4_root(disk), "a refused disk was written to"
+
+
+@pytest.fixture(scope="module")
+def fat_sticks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, sticks.StickImage]:
+    d = tmp_path_factory.mktemp("fat")
+    return {
+        "vfat": sticks.make(d / "fat32.img", "vfat", 96, "BACKUP"),
+        "exfat": sticks.make(d / "exfat.img", "exfat", 96, "BACKUP"),
+    }
+
+
+@pytest.mark.parametrize("fs", ["vfat", "exfat"])
+def test_4_fat32_and_exfat_sticks_are_mounted_for_real_copied_and_verified(
+    machine: Guest, fat_sticks: dict[str, sticks.StickImage], fs: str
+) -> None:
+    stick = fat_sticks[fs]
+    newest = machine.archives()[-1]
+    want = sha256_in_guest(machine, f"{DESTINATION}/{newest}")
+    n = len(machine.events())
+    machine.vm.plug_usb(f"stick-{fs}", stick.path, serial=f"UA{fs.upper()}")
+    sync = machine.wait_event("sync", n)
+    assert sync["ok"] and "safe to remove" in sync["summary"], sync
+    assert sync["details"]["fstype"] == fs, sync
+    machine.vm.unplug(f"stick-{fs}")
+    if fs == "vfat":  # read back on the host with mtools
+        found = sticks.fat_files(stick)
+        assert hashlib.sha256(found[newest]).hexdigest() == want
+        assert found[newest + ".sha256"].decode().split()[0] == want
+        assert not sticks.fat_dirty(stick), "unmounted cleanly: the dirty bit must be clear"
+    else:  # the host kernel has no exFAT: the guest's own driver reads it, not via usbagent
+        machine.vm.plug_disk("check-exfat", stick.path, serial="UACHECK")
+        try:
+            machine.vm.wait_guest("blkid -L BACKUP >/dev/null", 60, "the exFAT disk")
+            machine.ok("mkdir -p /mnt/check && mount -o ro $(blkid -L BACKUP) /mnt/check")
+            got = sha256_in_guest(machine, f"/mnt/check/usbagent/{newest}")
+            machine.ok("umount /mnt/check")
+        finally:
+            machine.vm.unplug("check-exfat")
+        assert got == want
+
+
+def test_4_an_archive_over_4_gib_is_refused_for_fat32_before_mount_naming_its_size(
+    machine: Guest, fat_sticks: dict[str, sticks.StickImage]
+) -> None:
+    size = 4 * 2**30 + 2**20
+    name = f"vm-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.tar.zst.age"
+    # A real file of that size, sparse; its sidecar is its true SHA-256 (of the zeros).
+    digest = hashlib.sha256()
+    zeros = bytes(1 << 20)
+    for _ in range(size >> 20):
+        digest.update(zeros)
+    machine.ok(f"truncate -s {size} {DESTINATION}/{name}")
+    machine.vm.write(f"{DESTINATION}/{name}.sha256", f"{digest.hexdigest()}  {name}\n")
+    n = len(machine.events())
+    try:
+        machine.vm.plug_usb("stick-vfat", fat_sticks["vfat"].path, serial="UAVFAT")
+        refused = machine.wait_event("refused", n)
+        assert str(size) in refused["summary"] or "4.0 GiB" in refused["summary"], refused
+        assert "sovereign-backup" not in machine.ok("findmnt -rn -o SOURCE,TARGET")
+        assert not any(e["kind"] == "sync" for e in machine.events()[n:])
+    finally:
+        machine.vm.unplug("stick-vfat")
+        machine.ok(f"rm -f {DESTINATION}/{name} {DESTINATION}/{name}.sha256")
