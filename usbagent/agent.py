@@ -87,6 +87,11 @@ def mount_record(state_dir: Path, uuid: str) -> Path | None:
     return state_dir / "mounts" / f"{uuid}.json" if plain.isalnum() and plain.isascii() else None
 
 
+def device_exists(p: Partition) -> Callable[[], bool]:
+    """Whether the stick's block device is still there (gone once it is pulled out)."""
+    return lambda: bool(p.device) and Path(p.device).exists()
+
+
 def lag_summary(samples: list[float]) -> dict[str, float]:
     """Max and p99 of loop scheduling delays, in milliseconds."""
     if not samples:
@@ -518,7 +523,13 @@ class Agent:
         try:
             outcome: Outcome | None = await in_thread(
                 lambda: sync.sync_mounted(
-                    self.config, mountpoint, p, job.cancel, progress, accepted
+                    self.config,
+                    mountpoint,
+                    p,
+                    job.cancel,
+                    progress,
+                    accepted,
+                    present=device_exists(p),
                 )
             )
         except Exception as exc:
@@ -582,7 +593,7 @@ class Agent:
                 summary=f"{summary}; {done}, safe to remove",
                 details={**outcome.details, "unmounted": True, "powered_off": powered},
             )
-        elif job.pulled:
+        elif job.pulled and outcome.details.get("error") != sync.REMOVED:
             outcome = dataclasses.replace(
                 outcome, summary=f"{outcome.summary} (the stick was removed during the copy)"
             )
