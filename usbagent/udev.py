@@ -23,7 +23,7 @@ from pathlib import Path
 import pyudev
 
 from usbagent import mounts
-from usbagent.backend import DeviceError, EventQueue, Mount, emit
+from usbagent.backend import CHECKED_FSTYPES, DeviceError, EventQueue, Mount, emit
 from usbagent.devices import Partition
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,26 @@ class UdevBackend:
     def _current_mounts(self, partition: Partition) -> tuple[str, ...]:
         st = Path(partition.device).stat()
         return _read_mounts().get((os.major(st.st_rdev), os.minor(st.st_rdev)), ())
+
+    async def check(self, partition: Partition) -> bool:
+        fstype = partition.fstype.lower()
+        if fstype not in CHECKED_FSTYPES or self._current_mounts(partition):
+            return False
+        try:
+            await _run(f"fsck.{fstype}", "-n", partition.device)
+            return False
+        except DeviceError:
+            log.warning("%s: filesystem check failed; repairing it", partition.device)
+        with contextlib.suppress(DeviceError):  # fsck exits 1 when it corrected something
+            await _run(f"fsck.{fstype}", "-a", partition.device)
+        try:
+            await _run(f"fsck.{fstype}", "-n", partition.device)
+        except DeviceError:
+            raise DeviceError(
+                f"{partition.device}: its {fstype} filesystem is damaged and could not be "
+                f"repaired (run fsck.{fstype} on it, or reformat it)"
+            ) from None
+        return True
 
     async def mount(self, partition: Partition) -> Mount:
         try:

@@ -310,5 +310,96 @@ def test_6_a_stick_pulled_mid_copy_is_reported_removed_and_the_next_one_is_serve
     machine.vm.unplug("stick-next")
     assert served["ok"] and "safe to remove" in served["summary"], served
     assert big in sticks.ext4_files(second)
-    # later cases work with small archives again
-    machine.ok(f"rm /data/big.bin {DESTINATION}/{big} {DESTINATION}/{big}.sha256")
+    machine.ok("rm /data/big.bin")  # the big archive stays for case 7
+
+
+STAMP = "/var/lib/systemd/timers/stamp-usbagent-archive.timer"
+
+
+def test_7_power_cut_mid_copy_then_a_boot_with_the_sticks_in_and_2_a_missed_night(
+    machine: Guest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    d = tmp_path_factory.mktemp("cut")
+    cut = {
+        "ext4": sticks.make(d / "ext4.img", "ext4", 640, "sovereign-backup"),
+        "vfat": sticks.make(d / "fat.img", "vfat", 640, "BACKUP"),
+    }
+    big = machine.archives()[-1]
+    sums = {a: sha256_in_guest(machine, f"{DESTINATION}/{a}") for a in machine.archives()}
+    # Older copies first (without the big archive), then a copy of the big one, cut short.
+    machine.ok(f"mv {DESTINATION}/{big} {DESTINATION}/{big}.sha256 /root/")
+    for fs, stick in cut.items():
+        n = len(machine.events())
+        machine.vm.plug_usb(f"cut-{fs}", stick.path, serial=f"UACUT{fs.upper()}")
+        assert machine.wait_event("sync", n)["ok"]
+        machine.vm.unplug(f"cut-{fs}")
+    older = {fs: sticks.files(stick) for fs, stick in cut.items()}
+    machine.ok(f"mv /root/{big} /root/{big}.sha256 {DESTINATION}/")
+    # Case 2: the machine is off over the night the timer should have run (it last ran
+    # two days ago); Persistent=true runs the job at the next boot.
+    machine.ok(f"touch -d '2 days ago' {STAMP}")
+    cursor = machine.cursor()
+    for fs, stick in cut.items():
+        machine.vm.plug_usb(f"cut-{fs}", stick.path, serial=f"UACUT{fs.upper()}")
+    machine.vm.wait_guest(
+        f"[ $(journalctl -q -o cat -u usbagent.service --after-cursor '{cursor}' "
+        f"| grep -c 'copying {big}') -ge 2 ]",
+        180,
+        "both copies of the big archive to be under way",
+    )
+    machine.ok("sleep 1")  # some of the big archive is on its way to each stick
+    machine.vm.power_cut()
+    # Case 4: a FAT stick that was not unmounted keeps its dirty bit.
+    assert sticks.fat_dirty(cut["vfat"]), "the FAT stick was mounted: its dirty bit must be set"
+    for fs, stick in cut.items():
+        found = sticks.files(stick)
+        finals = {k: v for k, v in found.items() if k.endswith(".age")}
+        assert big not in finals, f"{fs}: the cut was meant to come mid-copy"
+        for name, data in finals.items():  # no final-named file that fails its sum
+            assert hashlib.sha256(data).hexdigest() == sums[name], (fs, name)
+        for name, data in older[fs].items():  # older copies intact
+            assert found.get(name) == data, (fs, name)
+    # The same disk boots again with both sticks still in.
+    booted_at = datetime.now(UTC)
+    drives = []
+    for fs, stick in cut.items():
+        drives += [
+            "-drive", f"if=none,id=d-{fs},format=raw,file={stick.path}",
+            "-device",
+            f"usb-storage,id=cut-{fs},bus=xhci.0,drive=d-{fs},serial=UACUT{fs.upper()}",
+        ]  # fmt: skip
+    machine.vm.boot(drives)
+    for fs, stick in cut.items():
+        machine.vm.wait_guest(
+            f"journalctl -b -q -o cat -u usbagent.service | grep -q "
+            f"'copied .* to {stick.label} .*safe to remove'",
+            300,
+            f"the {fs} stick to be synced after the boot",
+        )
+    # ... and is checked and repaired before use, and the person is told (the sync's
+    # notification carries it; nobody is logged in after the boot, so it is kept for later).
+    synced = [e for e in machine.events() if e["kind"] == "sync" and e["ok"]][-2:]
+    fat = next(e for e in synced if e["details"]["fstype"] == "vfat")
+    ext4 = next(e for e in synced if e["details"]["fstype"] == "ext4")
+    assert "its filesystem failed the check and was repaired" in fat["summary"], fat
+    assert "repaired" not in ext4["summary"], ext4
+    machine.login()
+    machine.wait_notified("its filesystem failed the check and was repaired", 180)
+    # Persistent=true: the missed night's job ran at boot, and status shows that run.
+    machine.vm.wait_guest(
+        "systemctl show -p Result,ExecMainStartTimestampMonotonic usbagent-archive.service "
+        "| grep -q 'Result=success' && [ -n \"$(systemctl show -p ExecMainStartTimestamp "
+        '--value usbagent-archive.service)" ]',
+        300,
+        "the missed night's archive job to run at boot",
+    )
+    last = systemd_time(machine, "usbagent-archive.timer", "LastTriggerUSec")
+    assert last >= booted_at.strftime("%Y-%m-%d %H:%M UTC"), last
+    assert f"last run {last}" in machine.check("archive-timer")["message"]
+    for fs in cut:
+        machine.vm.unplug(f"cut-{fs}")
+    for fs, stick in cut.items():
+        found = sticks.files(stick)
+        assert hashlib.sha256(found[big]).hexdigest() == sums[big], fs
+        assert found[big + ".sha256"].decode().split()[0] == sums[big], fs
+    assert not sticks.fat_dirty(cut["vfat"]), "repaired and unmounted: the dirty bit is clear"

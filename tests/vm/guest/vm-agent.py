@@ -33,8 +33,10 @@ def run(req, out, lock):
         k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in reply.items()
     }
     reply["id"] = req["id"]
+    data = memoryview((json.dumps(reply) + "\n").encode())
     with lock:
-        out.write((json.dumps(reply) + "\n").encode())
+        while data:  # a port write may take only part of a long line
+            data = data[out.write(data) :]
         out.flush()
 
 
