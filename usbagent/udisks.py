@@ -294,7 +294,13 @@ class UDisksBackend:
         if reply.body[0]:
             return False
         log.warning("%s: filesystem check failed; repairing it", partition.device)
-        reply = await _call(self._bus, self._method(partition.key, FILESYSTEM, "Repair", options))
+        try:
+            await _call(self._bus, self._method(partition.key, FILESYSTEM, "Repair", options))
+        except DeviceError as exc:
+            # udisks 2.9 calls fsck.fat's exit status 1 ("errors corrected") a failure:
+            # whether the repair worked is what a second check says.
+            log.info("%s: Repair reported: %s", partition.device, str(exc).splitlines()[0])
+        reply = await _call(self._bus, self._method(partition.key, FILESYSTEM, "Check", options))
         if not reply.body[0]:
             raise DeviceError(
                 f"{partition.device}: its {partition.fstype} filesystem is damaged and could not "
