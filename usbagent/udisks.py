@@ -26,6 +26,7 @@ from dbus_next.signature import Variant
 
 from usbagent.backend import CHECKED_FSTYPES, UDISKS_NAME, DeviceError, EventQueue, Mount, emit
 from usbagent.devices import Partition
+from usbagent.udev import fsck_check
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,15 @@ class UDisksBackend:
         if partition.fstype.lower() not in CHECKED_FSTYPES or self._mountpoints(partition.key):
             return False
         options = {"auth.no_user_interaction": Variant("b", True)}
-        reply = await _call(self._bus, self._method(partition.key, FILESYSTEM, "Check", options))
+        try:
+            reply = await _call(
+                self._bus, self._method(partition.key, FILESYSTEM, "Check", options)
+            )
+        except DeviceError as exc:
+            if "not supported" not in str(exc):
+                raise
+            # UDisks2 2.9 cannot check exFAT: the filesystem's own fsck does it.
+            return await fsck_check(partition)
         if reply.body[0]:
             return False
         log.warning("%s: filesystem check failed; repairing it", partition.device)
