@@ -165,8 +165,13 @@ def fat_dirty_bit_is_checked_and_repaired(
         queue: EventQueue = asyncio.Queue()
         await backend.start(queue)
         try:
-            p = await next_event(queue, fat.device(0), "added")
-            q = await next_event(queue, other.device(0), "added")
+            found: dict[str, Partition] = {}
+            async with asyncio.timeout(TIMEOUT):  # the two sticks' events come in any order
+                while len(found) < 2:
+                    got, part = await queue.get()
+                    if got == "added" and part.device in (fat.device(0), other.device(0)):
+                        found[part.device] = part
+            p, q = found[fat.device(0)], found[other.device(0)]
             assert await backend.check(p) is True  # it had to be repaired
             assert not dirty()
             assert await backend.check(p) is False  # clean now
