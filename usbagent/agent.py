@@ -87,6 +87,17 @@ def mount_record(state_dir: Path, uuid: str) -> Path | None:
     return state_dir / "mounts" / f"{uuid}.json" if plain.isalnum() and plain.isascii() else None
 
 
+REPAIRED = (
+    "it was not removed safely last time: its filesystem failed the check and was repaired "
+    "before use"
+)
+
+
+def device_exists(p: Partition) -> Callable[[], bool]:
+    """Whether the stick's block device is still there (gone once it is pulled out)."""
+    return lambda: bool(p.device) and Path(p.device).exists()
+
+
 def lag_summary(samples: list[float]) -> dict[str, float]:
     """Max and p99 of loop scheduling delays, in milliseconds."""
     if not samples:
@@ -137,6 +148,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     status: str = ""
     pulled: bool = False  # the stick disappeared while being served
+    repaired: bool = False  # its FAT filesystem failed the check before mount and was repaired
     lags: list[float] = field(default_factory=list)  # loop lag samples while it ran
     task: asyncio.Task[None] | None = None
     recognised: asyncio.Task[None] | None = None  # publishing "stick-recognised"
@@ -445,6 +457,13 @@ class Agent:
             refused = await asyncio.to_thread(sync.record_refusal, self.config, p, reason)
             await self._report(refused, record=False)
             return
+        job.status = f"checking {describe(p)}"
+        self._update_status()
+        try:
+            job.repaired = await self.backend.check(p)
+        except (DeviceError, TimeoutError, OSError) as exc:
+            await self._fail(p, f"filesystem check failed: {exc}")
+            return
         job.status = f"mounting {describe(p)}"
         self._update_status()
         try:
@@ -518,7 +537,13 @@ class Agent:
         try:
             outcome: Outcome | None = await in_thread(
                 lambda: sync.sync_mounted(
-                    self.config, mountpoint, p, job.cancel, progress, accepted
+                    self.config,
+                    mountpoint,
+                    p,
+                    job.cancel,
+                    progress,
+                    accepted,
+                    present=device_exists(p),
                 )
             )
         except Exception as exc:
@@ -577,12 +602,19 @@ class Agent:
         if outcome.ok:
             done = "unmounted and powered off" if powered else "unmounted"
             summary = outcome.summary.removesuffix(SYNC_TAIL).removesuffix("; ")
+            if job.repaired:
+                summary = f"{summary}; {REPAIRED}"
             outcome = dataclasses.replace(
                 outcome,
                 summary=f"{summary}; {done}, safe to remove",
-                details={**outcome.details, "unmounted": True, "powered_off": powered},
+                details={
+                    **outcome.details,
+                    "unmounted": True,
+                    "powered_off": powered,
+                    "repaired": job.repaired,
+                },
             )
-        elif job.pulled:
+        elif job.pulled and outcome.details.get("error") != sync.REMOVED:
             outcome = dataclasses.replace(
                 outcome, summary=f"{outcome.summary} (the stick was removed during the copy)"
             )

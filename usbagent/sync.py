@@ -244,6 +244,7 @@ def sync_mounted(
     cancel: threading.Event,
     progress: ProgressCallback | None = None,
     accepted: AcceptedCallback | None = None,
+    present: Callable[[], bool] | None = None,
 ) -> Outcome:
     """Bring the stick mounted at `mountpoint` up to date; record and return the outcome.
 
@@ -252,6 +253,8 @@ def sync_mounted(
     within about a second, leaving no `.partial` behind when the stick still allows it.
     `accepted` is called (in this thread) once every rule passed and copying starts, so a
     stick that ends up refused is never first announced as being backed up.
+    `present` says whether the stick's device still exists: an I/O failure of a stick that
+    has gone is reported as the stick having been removed.
     """
     partition = partition or _facts_if_known(mountpoint)
     run = _Run(
@@ -270,11 +273,15 @@ def sync_mounted(
             run, "stopped before it finished (interrupted, or usbagent is shutting down)"
         )
     except DeviceFailed as exc:
-        outcome = _failed(run, str(exc))
+        outcome = _pulled(run) if _removed(present) else _failed(run, str(exc))
     except VerifyFailed as exc:
         outcome = _failed(run, f"verification failed, the bad copy was deleted: {exc}")
     except OSError as exc:
-        outcome = _failed(run, _cause(exc, config.archive.destination))
+        on_stick = not str(exc.filename or "").startswith(str(config.archive.destination))
+        if on_stick and exc.errno in STICK_GONE_ERRNOS and _removed(present):
+            outcome = _pulled(run)
+        else:
+            outcome = _failed(run, _cause(exc, config.archive.destination))
     except Exception as exc:  # a bug must still end as a recorded failure, never silence
         log.exception("stick sync failed unexpectedly")
         outcome = _failed(run, f"internal error: {exc!r} (please report it)")
@@ -575,6 +582,30 @@ def _failed(run: _Run, cause: str) -> Outcome:
     )
 
 
+def _removed(present: Callable[[], bool] | None) -> bool:
+    """Was the stick pulled out? A pull reaches the copy as I/O errors (ext4 even remounts
+    read-only) a moment before the device itself is gone, so wait briefly for that."""
+    if present is None:
+        return False
+    deadline = time.monotonic() + REMOVED_WAIT_SECONDS
+    while present():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _pulled(run: _Run) -> Outcome:
+    done = f"{len(run.copied)} of {run.planned} archive(s) copied before that"
+    return Outcome(
+        kind="sync",
+        ok=False,
+        summary=f"{run.stick} plugged in but not backed up: {REMOVED} ({done}); plug it in "
+        'again and wait for "safe to remove"',
+        details={**run.details(), "error": REMOVED},
+    )
+
+
 def _refused(run: _Run, reason: str) -> Outcome:
     return Outcome(
         kind="refused",
@@ -632,6 +663,13 @@ def ledger_update(
             state_dir, uuid, label, outcome.summary, names, d.get("free_bytes"), fstype, holds
         )
 
+
+# How a pulled stick fails the copy; with its device gone it is reported as removed.
+STICK_GONE_ERRNOS = frozenset(
+    {errno.EIO, errno.EROFS, errno.ENODEV, errno.ENXIO, errno.ESTALE, errno.ENOTCONN, errno.ENOENT}
+)
+REMOVED = "the stick was removed during the copy"
+REMOVED_WAIT_SECONDS = 5.0
 
 _CAUSES = {
     errno.ENOSPC: "the stick is full (no space left on device)",

@@ -18,12 +18,16 @@ sets $MANAGERPID; $USBAGENT_SYSTEMD_SCOPE=user|system overrides the detection.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from usbagent import state
 from usbagent.config import Config
@@ -31,7 +35,17 @@ from usbagent.events import Outcome
 
 log = logging.getLogger(__name__)
 
-PROPERTIES = ("Result", "ExecMainCode", "ExecMainStatus", "ActiveState", "NRestarts", "ExecStart")
+PROPERTIES = (
+    "Result",
+    "ExecMainCode",
+    "ExecMainStatus",
+    "ActiveState",
+    "NRestarts",
+    "ExecStart",
+    "ExecMainStartTimestampMonotonic",
+)
+# The unit whose program records why it failed (`usbagent archive` writes last/archive.json).
+ARCHIVE_UNIT = "usbagent-archive.service"
 
 # systemd.exec(5) "Process exit codes": set by systemd itself before the program ran.
 EXIT_CODES = {
@@ -151,12 +165,38 @@ def outcome_for(unit: str, env: Mapping[str, str]) -> Outcome | None:
     return Outcome("unit-failed", ok=False, summary=summary, details=details)
 
 
+def started_at(props: Mapping[str, str], now: datetime, monotonic: float) -> datetime | None:
+    """When the unit's main process started (from its monotonic µs), None if it never did."""
+    value = props.get("ExecMainStartTimestampMonotonic", "")
+    if not value.isdigit() or int(value) == 0:
+        return None
+    return now - timedelta(seconds=monotonic - int(value) / 1e6)
+
+
+def with_job_reason(outcome: Outcome, job: Outcome | None, started: datetime | None) -> Outcome:
+    """The archive unit's failure with the reason its program recorded ("exited with status
+    1" alone sends a person to the journal), when that record is from the failed run."""
+    if (
+        outcome.details.get("unit") != ARCHIVE_UNIT
+        or job is None
+        or job.ok
+        or started is None
+        or job.time < started
+    ):
+        return outcome
+    details = outcome.details | {"reason": job.summary}
+    return replace(outcome, summary=f"{outcome.summary}: {job.summary}", details=details)
+
+
 def run(config: Config | None, args: argparse.Namespace) -> int:
     if config is None:  # the config is broken (the CLI said why): record with the defaults
         config = Config()
     outcome = outcome_for(args.unit, os.environ)
     if outcome is None:
         return 0
+    with contextlib.suppress(OSError, ValueError):  # without the record: the bare failure
+        started = started_at(outcome.details, datetime.now(UTC), time.monotonic())
+        outcome = with_job_reason(outcome, state.last(config.agent.state_dir, "archive"), started)
     log.error("%s", outcome.summary)
     try:
         state.record(config.agent, outcome)
