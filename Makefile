@@ -19,7 +19,11 @@ APT_PACKAGES := udev udisks2 dbus policykit-1 parted util-linux kmod e2fsprogs x
 	prometheus-node-exporter dunst xvfb \
 	openssh-client libarchive-tools
 
-.PHONY: deps system-deps demo test lint check bench clean stack-up stack-down stack-status
+# The real-machine tier (tests/vm): a QEMU guest built with mmdebstrap; stick images are
+# made with parted/mkfs on files and read back with mtools.
+VM_APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap mtools parted dosfstools exfatprogs
+
+.PHONY: deps system-deps vm-deps demo test vm-test lint check bench clean stack-up stack-down stack-status
 
 deps: system-deps $(STAMP)
 
@@ -29,6 +33,9 @@ system-deps:
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+vm-deps:
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(VM_APT_PACKAGES)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv --clear $(VENV)
@@ -46,8 +53,13 @@ lint: deps
 	$(BIN)/ruff format --check usbagent tests bench
 	$(BIN)/mypy
 
-test: lint
+# Lint, the host suite, then the real-machine tier (tests/vm sorts last): one pytest run.
+test: lint vm-deps
 	$(BIN)/python -m pytest
+
+# The real-machine tier alone (~10 min; the guest image is cached in /var/cache/usbagent-vm).
+vm-test: deps vm-deps
+	$(BIN)/python -m pytest tests/vm --durations=0
 
 # The real device stack (system D-Bus, udevd, udisksd) for running integration tests by hand;
 # `stack-down` stops only what `stack-up` started. pytest starts/stops it by itself.

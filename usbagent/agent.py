@@ -43,9 +43,10 @@ from usbagent import health, journal, mounts, sources, state, sync, syncwords
 from usbagent.backend import Backend, DeviceError, DeviceEvent, EventQueue, Mount
 from usbagent.config import Config
 from usbagent.decide import Core, Decision, Serve, StartGrace, StopGrace, stick_id
+from usbagent.details import SyncDetails
 from usbagent.devices import Partition, describe
 from usbagent.errors import UsbagentError
-from usbagent.events import EventBus, Outcome
+from usbagent.events import EventBus, Outcome, Removal
 from usbagent.journal import StickReport
 from usbagent.plan import SyncPlan
 from usbagent.watchdog import Watchdog
@@ -80,6 +81,11 @@ def mount_record(state_dir: Path, uuid: str) -> Path | None:
     knows that mount as its own (and unmounts it) instead of as somebody else's."""
     plain = uuid.replace("-", "")
     return state_dir / "mounts" / f"{uuid}.json" if plain.isalnum() and plain.isascii() else None
+
+
+def device_exists(p: Partition) -> Callable[[], bool]:
+    """Whether the stick's block device is still there (gone once it is pulled out)."""
+    return lambda: bool(p.device) and Path(p.device).exists()
 
 
 def lag_summary(samples: list[float]) -> dict[str, float]:
@@ -132,6 +138,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     status: str = ""
     pulled: bool = False  # the stick disappeared while being served
+    repaired: bool = False  # its FAT filesystem failed the check before mount and was repaired
     lags: list[float] = field(default_factory=list)  # loop lag samples while it ran
     task: asyncio.Task[None] | None = None
     recognised: asyncio.Task[None] | None = None  # publishing "stick-recognised"
@@ -409,6 +416,13 @@ class Agent:
         if reason is not None:
             await self._report_stick(syncwords.refusal(p, reason))
             return
+        job.status = f"checking {describe(p)}"
+        self._update_status()
+        try:
+            job.repaired = await self.backend.check(p)
+        except (DeviceError, TimeoutError, OSError) as exc:
+            await self._fail(p, f"filesystem check failed: {exc}")
+            return
         job.status = f"mounting {describe(p)}"
         self._update_status()
         try:
@@ -481,7 +495,9 @@ class Agent:
         started = time.monotonic()
         try:
             report: StickReport | None = await in_thread(
-                lambda: sync.sync_stick(self.config, mountpoint, p, job.cancel, progress, accepted)
+                lambda: sync.sync_stick(
+                    self.config, mountpoint, p, job.cancel, progress, accepted, device_exists(p)
+                )
             )
         except Exception as exc:
             log.exception("sync of %s crashed", describe(p))
@@ -539,8 +555,9 @@ class Agent:
         if report is None:
             return
         if report.outcome.ok:
-            report = syncwords.told(report, "powered-off" if powered else "unmounted")
-        elif job.pulled:
+            removal: Removal = "powered-off" if powered else "unmounted"
+            report = syncwords.told(report, removal, repaired=job.repaired)
+        elif job.pulled and SyncDetails.of(report.outcome).error != syncwords.REMOVED:
             outcome = report.outcome
             outcome = dataclasses.replace(
                 outcome, summary=f"{outcome.summary} (the stick was removed during the copy)"

@@ -38,6 +38,10 @@ class Mount:
     ours: bool
 
 
+# Filesystems without a journal: checked (and repaired if needed) before every mount.
+CHECKED_FSTYPES = frozenset({"vfat", "exfat"})
+
+
 class Backend(Protocol):
     name: str
 
@@ -50,6 +54,12 @@ class Backend(Protocol):
 
     def alive(self) -> bool:
         """True while events can still arrive (bus connected / monitor socket open)."""
+
+    async def check(self, partition: Partition) -> bool:
+        """Check a FAT/exFAT filesystem before use and repair it when the check fails (a
+        stick pulled without unmount keeps its dirty bit); True if it had to be repaired.
+        DeviceError when it cannot be repaired. Other filesystems: False, untouched (the
+        kernel replays an ext4/xfs/btrfs journal at mount)."""
 
     async def mount(self, partition: Partition) -> Mount:
         """Mount with nosuid,nodev,noexec, or use the existing mount (then `ours` is False)."""

@@ -60,6 +60,7 @@ class SyncDetails:
     verified: int | None
     free_bytes: int | None
     removal: Removal | None  # how the stick may be taken out; None: not said
+    error: str = ""  # why the sync failed, as the sync said it ("" when it did not fail)
 
     @property
     def removable(self) -> bool:
@@ -81,6 +82,7 @@ class SyncDetails:
             verified=_int(d, "verified"),
             free_bytes=_int(d, "free_bytes"),
             removal=typing.cast(Removal, removal) if removal in known else None,
+            error=_str(d, "error"),
         )
 
 

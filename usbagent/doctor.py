@@ -84,7 +84,7 @@ class Locations:
 @dataclass(frozen=True)
 class UnitFile:
     exec_paths: tuple[str, ...]  # programs of ExecStart= lines
-    read_write_paths: tuple[str, ...]
+    read_write_paths: tuple[str, ...]  # the ones that must exist (no "-" prefix)
 
 
 def parse_unit(text: str) -> UnitFile:
@@ -99,7 +99,8 @@ def parse_unit(text: str) -> UnitFile:
             program = value.split()[0].lstrip("@-:+!")
             execs.append(program)
         elif key.strip() == "ReadWritePaths":
-            rw.extend(p.lstrip("-+") for p in value.split())
+            # "-/path": systemd ignores it when missing, so it cannot fail the namespace.
+            rw.extend(p.lstrip("+") for p in value.split() if not p.startswith("-"))
     return UnitFile(tuple(execs), tuple(rw))
 
 

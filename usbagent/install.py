@@ -116,13 +116,18 @@ def fill(template: str, values: Mapping[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-def render(config: Config, usbagent: Path) -> dict[Path, str]:
-    """Every file to install, by path relative to the root. Pure: reads only the templates."""
+def render(config: Config, usbagent: Path, python: Path = Path(sys.executable)) -> dict[Path, str]:
+    """Every file to install, by path relative to the root. Pure: reads only the templates.
+
+    `python` (the interpreter usbagent runs on) starts the OnFailure hook, so that the hook
+    does not depend on the `usbagent` script whose absence it may have to report.
+    """
     if config.path is None:
         raise UsbagentError("install needs a config file (pass --config PATH)")
     extra = [config.agent.metrics_file.parent] if config.agent.metrics_file else []
     values = {
         "usbagent": unit_path(usbagent),
+        "python": unit_path(python),
         "config": unit_path(config.path.resolve()),
         "state_dir": unit_path(config.agent.state_dir),
         "destination": unit_path(config.archive.destination),
@@ -190,11 +195,16 @@ def _step(cmd: list[str]) -> None:
 
 
 def activate(config: Config) -> None:
-    """Make the installed files live: state dir, reloads, enable and start."""
+    """Make the installed files live: state dir, reloads, enable and (re)start.
+
+    Restart, not `enable --now`: after an upgrade the running agent would otherwise keep the
+    old code and the old unit's sandbox until the next boot.
+    """
     config.agent.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _step(["systemctl", "daemon-reload"])
     _step(["udevadm", "control", "--reload"])
-    _step(["systemctl", "enable", "--now", *ENABLE])
+    _step(["systemctl", "enable", *ENABLE])
+    _step(["systemctl", "restart", *ENABLE])
 
 
 def run(config: Config | None, args: argparse.Namespace) -> int:
@@ -216,5 +226,5 @@ def run(config: Config | None, args: argparse.Namespace) -> int:
         verify_units(Path(stage) / UNIT_DIR)
     write(files, Path("/"))
     activate(config)
-    print(f"usbagent install: installed and enabled {', '.join(ENABLE)}")
+    print(f"usbagent install: installed, enabled and (re)started {', '.join(ENABLE)}")
     return 0

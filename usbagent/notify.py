@@ -477,9 +477,15 @@ def drop_privileges(uid: int, gid: int, groups: list[int]) -> None:
     """Become the desktop user for good (real, effective and saved ids), groups first."""
     if os.geteuid() == uid:
         return
-    os.setgroups(groups)
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
+    try:
+        os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except PermissionError as exc:  # e.g. a unit whose CapabilityBoundingSet lacks CAP_SETUID
+        raise PermissionError(
+            f"could not become uid {uid} ({exc.strerror}): the service needs CAP_SETUID and "
+            "CAP_SETGID"
+        ) from None
     if os.getresuid() != (uid, uid, uid):
         raise PermissionError(f"could not become uid {uid}")
 

@@ -9,11 +9,13 @@ that did not end up with verified copies is always recorded as an error, never s
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +52,7 @@ from usbagent.synclocal import (
     sizes_to_copy,
     unrecorded,
 )  # fmt: skip
-from usbagent.syncwords import Run, cause, failed, finished, human, refused, report
+from usbagent.syncwords import Run, cause, failed, finished, human, pulled, refused, report
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ def sync_stick(
     cancel: threading.Event,
     progress: ProgressCallback | None = None,
     accepted: AcceptedCallback | None = None,
+    present: Callable[[], bool] | None = None,
 ) -> StickReport:
     """Bring the stick mounted at `mountpoint` up to date; return what happened, recording
     nothing: whoever ends the stick's handling (unmount, power-off) says how it may be taken
@@ -94,6 +97,8 @@ def sync_stick(
     within about a second, leaving no `.partial` behind when the stick still allows it.
     `accepted` is called (in this thread) once every rule passed and copying starts, so a
     stick that ends up refused is never first announced as being backed up.
+    `present` says whether the stick's device still exists: an I/O failure of a stick that
+    has gone is reported as the stick having been removed.
     """
     partition = partition or _facts_if_known(mountpoint)
     run = Run(
@@ -112,15 +117,39 @@ def sync_stick(
             run, "stopped before it finished (interrupted, or usbagent is shutting down)"
         )
     except DeviceFailed as exc:
-        outcome = failed(run, str(exc))
+        outcome = pulled(run) if _removed(present) else failed(run, str(exc))
     except VerifyFailed as exc:
         outcome = failed(run, f"verification failed, the bad copy was deleted: {exc}")
     except OSError as exc:
-        outcome = failed(run, cause(exc, config.archive.destination))
+        on_stick = not str(exc.filename or "").startswith(str(config.archive.destination))
+        if on_stick and exc.errno in STICK_GONE_ERRNOS and _removed(present):
+            outcome = pulled(run)
+        else:
+            outcome = failed(run, cause(exc, config.archive.destination))
     except Exception as exc:  # a bug must still end as a recorded failure, never silence
         log.exception("stick sync failed unexpectedly")
         outcome = failed(run, f"internal error: {exc!r} (please report it)")
     return report(run, outcome)
+
+
+# How a pulled stick fails the copy; with its device gone it is reported as removed.
+STICK_GONE_ERRNOS = frozenset(
+    {errno.EIO, errno.EROFS, errno.ENODEV, errno.ENXIO, errno.ESTALE, errno.ENOTCONN, errno.ENOENT}
+)
+REMOVED_WAIT_SECONDS = 5.0
+
+
+def _removed(present: Callable[[], bool] | None) -> bool:
+    """Was the stick pulled out? A pull reaches the copy as I/O errors (ext4 even remounts
+    read-only) a moment before the device itself is gone, so wait briefly for that."""
+    if present is None:
+        return False
+    deadline = time.monotonic() + REMOVED_WAIT_SECONDS
+    while present():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 BLKROGET = 0x125E  # linux/fs.h: is the block device read-only (write-protected)?

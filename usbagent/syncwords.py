@@ -84,7 +84,10 @@ def human(n: int | None) -> str:
 
 
 def told(
-    report: StickReport, removal: Removal = "after-unmount", where: Path | None = None
+    report: StickReport,
+    removal: Removal = "after-unmount",
+    where: Path | None = None,
+    repaired: bool = False,
 ) -> StickReport:
     """The report with what the person is told about taking the stick out (a successful
     sync only): the one place that wording is made, with the same fact as data."""
@@ -103,8 +106,10 @@ def told(
         "removal": removal,
         "unmounted": removal in ("unmounted", "powered-off"),
         "powered_off": removal == "powered-off",
+        "repaired": repaired,
     }
-    said = dataclasses.replace(outcome, summary=f"{outcome.summary}; {tail}", details=details)
+    summary = f"{outcome.summary}; {REPAIRED}" if repaired else outcome.summary
+    said = dataclasses.replace(outcome, summary=f"{summary}; {tail}", details=details)
     return dataclasses.replace(report, outcome=said)
 
 
@@ -227,6 +232,25 @@ def failed(run: Run, cause: str) -> Outcome:
         ok=False,
         summary=f"sync to {run.stick} failed: {cause}{done}",
         details={**run.details(), "error": cause},
+    )
+
+
+REMOVED = "the stick was removed during the copy"
+# A FAT stick whose check failed before mount and was repaired (the agent's backend check).
+REPAIRED = (
+    "it was not removed safely last time: its filesystem failed the check and was repaired "
+    "before use"
+)
+
+
+def pulled(run: Run) -> Outcome:
+    done = f"{len(run.copied)} of {run.planned} archive(s) copied before that"
+    return Outcome(
+        kind="sync",
+        ok=False,
+        summary=f"{run.stick} plugged in but not backed up: {REMOVED} ({done}); plug it in "
+        'again and wait for "safe to remove"',
+        details={**run.details(), "error": REMOVED},
     )
 
 

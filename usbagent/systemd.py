@@ -1,11 +1,14 @@
 """Read what systemd recorded about usbagent's units (`systemctl show`), for status and doctor.
 
 `systemctl show` is used rather than a D-Bus client because it speaks to the system or user
-manager alike (`user_scope`, shared with the OnFailure hook:
-$USBAGENT_SYSTEMD_SCOPE=user|system, else $MANAGERPID means a user manager) and prints
-timestamps as plain Unix seconds with --timestamp=unix. A machine without a running systemd
-is a normal case (containers, this project's CI): it is reported as `SystemdUnavailable`,
-never as a crash.
+manager alike (the scope rule is the OnFailure hook's, `unitfailure.user_scope`:
+$USBAGENT_SYSTEMD_SCOPE=user|system, else $MANAGERPID means a user manager). With
+--timestamp=unix it prints `*Timestamp` properties as `@<seconds>`, but systemd 252 prints a
+timer's NextElapseUSecRealtime and LastTriggerUSec in its default style
+(`Wed 2026-12-02 02:01:23 UTC`) whatever --timestamp says: systemctl therefore runs with
+TZ=UTC and the C locale, so that style is unambiguous, and `Unit.time` reads both forms. A
+machine without a running systemd is a normal case (containers, this project's CI): it is
+reported as `SystemdUnavailable`, never as a crash.
 """
 
 from __future__ import annotations
@@ -16,11 +19,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from usbagent.unitfailure import user_scope
+
 AGENT_SERVICE = "usbagent.service"
 ARCHIVE_SERVICE = "usbagent-archive.service"
 ARCHIVE_TIMER = "usbagent-archive.timer"
 UNITS = (AGENT_SERVICE, ARCHIVE_SERVICE, ARCHIVE_TIMER)
 TIMEOUT_SECONDS = 10
+# systemd's default timestamp style, as printed under TZ=UTC in the C locale.
+DEFAULT_STYLE = "%a %Y-%m-%d %H:%M:%S UTC"
+# So that systemctl prints that style with an unambiguous zone and English day names.
+SHOW_ENV = {"TZ": "UTC", "LC_ALL": "C"}
 
 
 class SystemdUnavailable(Exception):
@@ -38,15 +47,8 @@ class Unit:
         return self.props.get(key, "")
 
     def time(self, key: str) -> datetime | None:
-        """A timestamp property (printed as '@<seconds>'), None when unset."""
-        value = self.get(key)
-        if not value.startswith("@"):
-            return None
-        try:
-            seconds = int(value[1:])
-        except ValueError:
-            return None
-        return datetime.fromtimestamp(seconds, UTC) if seconds > 0 else None
+        """A timestamp property, None when unset or unreadable."""
+        return parse_timestamp(self.get(key))
 
     def number(self, key: str) -> int | None:
         try:
@@ -59,29 +61,37 @@ class Unit:
         return self.get("LoadState") == "loaded"
 
 
-def user_scope(env: Mapping[str, str]) -> bool:
-    """$USBAGENT_SYSTEMD_SCOPE=user|system, else $MANAGERPID (set by a user manager)."""
-    explicit = env.get("USBAGENT_SYSTEMD_SCOPE", "").strip().lower()
-    if explicit in ("user", "system"):
-        return explicit == "user"
-    return "MANAGERPID" in env
+def parse_timestamp(value: str) -> datetime | None:
+    """`@<seconds>` (--timestamp=unix) or systemd's default style in UTC
+    (`Wed 2026-12-02 02:01:23 UTC`, what 252 prints for timer properties); None otherwise."""
+    if value.startswith("@"):
+        try:
+            seconds = int(value[1:])
+        except ValueError:
+            return None
+        return datetime.fromtimestamp(seconds, UTC) if seconds > 0 else None
+    try:
+        return datetime.strptime(value, DEFAULT_STYLE).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def scope_args() -> list[str]:
+    """Same rule as the OnFailure hook: $USBAGENT_SYSTEMD_SCOPE, else $MANAGERPID means user."""
     return ["--user"] if user_scope(os.environ) else []
 
 
-def show(units: Sequence[str], props: Sequence[str], user: bool | None = None) -> dict[str, Unit]:
-    """Properties of each unit (of the user manager when `user`, by default as
-    `user_scope` says); raise SystemdUnavailable when no manager can be asked.
-
-    The one `systemctl show` client: status, doctor and the OnFailure hook all ask here.
-    """
-    scope = ["--user"] if (user_scope(os.environ) if user is None else user) else []
-    cmd = ["systemctl", *scope, "show", "--timestamp=unix", "-p", ",".join(props)]
+def show(units: Sequence[str], props: Sequence[str]) -> dict[str, Unit]:
+    """Properties of each unit; raise SystemdUnavailable when no manager can be asked."""
+    cmd = ["systemctl", *scope_args(), "show", "--timestamp=unix", "-p", ",".join(props)]
     try:
         proc = subprocess.run(
-            [*cmd, *units], capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False
+            [*cmd, *units],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_SECONDS,
+            check=False,
+            env={**os.environ, **SHOW_ENV},
         )
     except FileNotFoundError:
         raise SystemdUnavailable("systemctl is not installed") from None
@@ -106,3 +116,13 @@ def parse_show(text: str, units: Sequence[str]) -> list[Unit]:
     blocks = [b for b in blocks if b]
     blocks += [{}] * (len(units) - len(blocks))
     return [Unit(name, block) for name, block in zip(units, blocks, strict=False)]
+
+
+def exec_paths(exec_start: str) -> list[str]:
+    """The program paths in an ExecStart property ('{ path=/x ; argv[]=... }', one per line)."""
+    paths = []
+    for part in exec_start.split(";"):
+        key, _, value = part.strip().lstrip("{").strip().partition("=")
+        if key == "path":
+            paths.append(value.strip())
+    return paths

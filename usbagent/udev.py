@@ -25,7 +25,7 @@ from pathlib import Path
 import pyudev
 
 from usbagent import mounts
-from usbagent.backend import DeviceError, EventQueue, Mount, emit
+from usbagent.backend import CHECKED_FSTYPES, DeviceError, EventQueue, Mount, emit
 from usbagent.devices import Partition
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,26 @@ def _remove_stale_mountpoints(base: Path) -> None:
                     entry.rmdir()
 
 
+async def fsck_check(partition: Partition) -> bool:
+    """`fsck.<type> -n`; when it fails, `-a` and check again. True if it was repaired."""
+    fstype = partition.fstype.lower()
+    try:
+        await _run(f"fsck.{fstype}", "-n", partition.device)
+        return False
+    except DeviceError:
+        log.warning("%s: filesystem check failed; repairing it", partition.device)
+    with contextlib.suppress(DeviceError):  # fsck exits 1 when it corrected something
+        await _run(f"fsck.{fstype}", "-a", partition.device)
+    try:
+        await _run(f"fsck.{fstype}", "-n", partition.device)
+    except DeviceError:
+        raise DeviceError(
+            f"{partition.device}: its {fstype} filesystem is damaged and could not be "
+            f"repaired (run fsck.{fstype} on it, or reformat it)"
+        ) from None
+    return True
+
+
 async def _run(*argv: str) -> None:
     """Run a tool; a non-zero exit becomes DeviceError with its stderr."""
     proc = await asyncio.create_subprocess_exec(
@@ -232,6 +252,11 @@ class UdevBackend:
     def _current_mounts(self, partition: Partition) -> tuple[str, ...]:
         st = Path(partition.device).stat()
         return _read_mounts().get((os.major(st.st_rdev), os.minor(st.st_rdev)), ())
+
+    async def check(self, partition: Partition) -> bool:
+        if partition.fstype.lower() not in CHECKED_FSTYPES or self._current_mounts(partition):
+            return False
+        return await fsck_check(partition)
 
     async def mount(self, partition: Partition) -> Mount:
         try:

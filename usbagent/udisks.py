@@ -25,8 +25,9 @@ from dbus_next.message import Message
 from dbus_next.signature import Variant
 
 from usbagent import dbuscall
-from usbagent.backend import UDISKS_NAME, DeviceError, EventQueue, Mount, emit
+from usbagent.backend import CHECKED_FSTYPES, UDISKS_NAME, DeviceError, EventQueue, Mount, emit
 from usbagent.devices import Partition
+from usbagent.udev import fsck_check
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +289,37 @@ class UDisksBackend:
         reply = await _call(self._bus, self._method(partition.key, FILESYSTEM, "Mount", options))
         self._ours.add(partition.key)
         return Mount(Path(reply.body[0]), ours=True)
+
+    async def check(self, partition: Partition) -> bool:
+        assert self._bus is not None
+        if partition.fstype.lower() not in CHECKED_FSTYPES or self._mountpoints(partition.key):
+            return False
+        options = {"auth.no_user_interaction": Variant("b", True)}
+        try:
+            reply = await _call(
+                self._bus, self._method(partition.key, FILESYSTEM, "Check", options)
+            )
+        except DeviceError as exc:
+            if "not supported" not in str(exc):
+                raise
+            # UDisks2 2.9 cannot check exFAT: the filesystem's own fsck does it.
+            return await fsck_check(partition)
+        if reply.body[0]:
+            return False
+        log.warning("%s: filesystem check failed; repairing it", partition.device)
+        try:
+            await _call(self._bus, self._method(partition.key, FILESYSTEM, "Repair", options))
+        except DeviceError as exc:
+            # udisks 2.9 calls fsck.fat's exit status 1 ("errors corrected") a failure:
+            # whether the repair worked is what a second check says.
+            log.info("%s: Repair reported: %s", partition.device, str(exc).splitlines()[0])
+        reply = await _call(self._bus, self._method(partition.key, FILESYSTEM, "Check", options))
+        if not reply.body[0]:
+            raise DeviceError(
+                f"{partition.device}: its {partition.fstype} filesystem is damaged and could not "
+                f"be repaired (run fsck.{partition.fstype} on it, or reformat it)"
+            )
+        return True
 
     async def unmount(self, partition: Partition, mount: Mount) -> None:
         assert self._bus is not None

@@ -18,19 +18,35 @@ sets $MANAGERPID; $USBAGENT_SYSTEMD_SCOPE=user|system overrides the detection.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
 import signal
+import subprocess
+import time
 from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
-from usbagent import journal, systemd
+from usbagent import journal, state
 from usbagent.config import Config
+from usbagent.details import unit_of
 from usbagent.events import Outcome
 
 log = logging.getLogger(__name__)
 
-PROPERTIES = ("Result", "ExecMainCode", "ExecMainStatus", "ActiveState", "NRestarts", "ExecStart")
+PROPERTIES = (
+    "Result",
+    "ExecMainCode",
+    "ExecMainStatus",
+    "ActiveState",
+    "NRestarts",
+    "ExecStart",
+    "ExecMainStartTimestampMonotonic",
+)
+# The unit whose program records why it failed (`usbagent archive` writes last/archive.json).
+ARCHIVE_UNIT = "usbagent-archive.service"
 
 # systemd.exec(5) "Process exit codes": set by systemd itself before the program ran.
 EXIT_CODES = {
@@ -56,6 +72,18 @@ RESULTS = {
 # ExecMainCode is a siginfo si_code: CLD_EXITED, CLD_KILLED, CLD_DUMPED.
 CLD_EXITED = "1"
 EXIT_CODES_BY_NAME = {"exited": CLD_EXITED, "killed": "2", "dumped": "3"}
+
+
+def user_scope(env: Mapping[str, str]) -> bool:
+    explicit = env.get("USBAGENT_SYSTEMD_SCOPE", "").strip().lower()
+    if explicit in ("user", "system"):
+        return explicit == "user"
+    return "MANAGERPID" in env
+
+
+def parse_show(text: str) -> dict[str, str]:
+    """`systemctl show` output (Key=Value lines) as a dict."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def _signal_name(value: str) -> str:
@@ -92,10 +120,15 @@ def describe(unit: str, props: Mapping[str, str]) -> str:
 
 def query(unit: str, user: bool) -> tuple[dict[str, str], str]:
     """The unit's properties from its manager, or ({}, why not) when it cannot be asked."""
+    cmd = ["systemctl", *(["--user"] if user else []), "show", unit]
+    cmd.append("--property=" + ",".join(PROPERTIES))
     try:
-        return dict(systemd.show([unit], PROPERTIES, user)[unit].props), ""
-    except systemd.SystemdUnavailable as exc:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
         return {}, f"systemctl show failed: {exc}"
+    if done.returncode != 0:
+        return {}, f"systemctl show failed: {done.stderr.strip() or done.returncode}"
+    return parse_show(done.stdout), ""
 
 
 def props_from_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -121,7 +154,7 @@ def outcome_for(unit: str, env: Mapping[str, str]) -> Outcome | None:
         props = props_from_env(env)
         details = {"unit": unit, "via": "ExecStopPost", **props}
         return Outcome("unit-failed", ok=False, summary=describe(unit, props), details=details)
-    user = systemd.user_scope(env)
+    user = user_scope(env)
     props, problem = query(unit, user)
     summary = describe(unit, props) + (f" ({problem})" if problem else "")
     restarts = props.get("NRestarts", "0")
@@ -133,12 +166,38 @@ def outcome_for(unit: str, env: Mapping[str, str]) -> Outcome | None:
     return Outcome("unit-failed", ok=False, summary=summary, details=details)
 
 
+def started_at(props: Mapping[str, str], now: datetime, monotonic: float) -> datetime | None:
+    """When the unit's main process started (from its monotonic µs), None if it never did."""
+    value = props.get("ExecMainStartTimestampMonotonic", "")
+    if not value.isdigit() or int(value) == 0:
+        return None
+    return now - timedelta(seconds=monotonic - int(value) / 1e6)
+
+
+def with_job_reason(outcome: Outcome, job: Outcome | None, started: datetime | None) -> Outcome:
+    """The archive unit's failure with the reason its program recorded ("exited with status
+    1" alone sends a person to the journal), when that record is from the failed run."""
+    if (
+        unit_of(outcome) != ARCHIVE_UNIT
+        or job is None
+        or job.ok
+        or started is None
+        or job.time < started
+    ):
+        return outcome
+    details = outcome.details | {"reason": job.summary}
+    return replace(outcome, summary=f"{outcome.summary}: {job.summary}", details=details)
+
+
 def run(config: Config | None, args: argparse.Namespace) -> int:
     if config is None:  # the config is broken (the CLI said why): record with the defaults
         config = Config()
     outcome = outcome_for(args.unit, os.environ)
     if outcome is None:
         return 0
+    with contextlib.suppress(OSError, ValueError):  # without the record: the bare failure
+        started = started_at(outcome.details, datetime.now(UTC), time.monotonic())
+        outcome = with_job_reason(outcome, state.last(config.agent.state_dir, "archive"), started)
     log.error("%s", outcome.summary)
     try:
         journal.record(config.agent, outcome)

@@ -140,3 +140,44 @@ def reuses_a_foreign_mount(
             await backend.close()
 
     asyncio.run(run())
+
+
+def fat_dirty_bit_is_checked_and_repaired(
+    make: Callable[[], Backend], make_stick: MakeStick, label: str
+) -> None:
+    """A FAT stick that was not unmounted (dirty bit set) fails the check and is repaired;
+    a clean one passes untouched; ext4 is left to its journal."""
+    fat = make_stick(PartSpec(fstype="vfat", label=label[:11]))
+    other = make_stick(PartSpec(label=label))
+    with open(fat.device(0), "r+b") as dev:  # FAT32 BS_Reserved1 bit 0: "not unmounted"
+        dev.seek(0x41)
+        flags = dev.read(1)[0]
+        dev.seek(0x41)
+        dev.write(bytes([flags | 0x01]))
+
+    def dirty() -> bool:
+        with open(fat.device(0), "rb") as dev:
+            dev.seek(0x41)
+            return bool(dev.read(1)[0] & 0x01)
+
+    async def run() -> None:
+        backend = make()
+        queue: EventQueue = asyncio.Queue()
+        await backend.start(queue)
+        try:
+            found: dict[str, Partition] = {}
+            async with asyncio.timeout(TIMEOUT):  # the two sticks' events come in any order
+                while len(found) < 2:
+                    got, part = await queue.get()
+                    if got == "added" and part.device in (fat.device(0), other.device(0)):
+                        found[part.device] = part
+            p, q = found[fat.device(0)], found[other.device(0)]
+            assert await backend.check(p) is True  # it had to be repaired
+            assert not dirty()
+            assert await backend.check(p) is False  # clean now
+            assert await backend.check(q) is False
+        finally:
+            await backend.close()
+
+    assert dirty()
+    asyncio.run(run())

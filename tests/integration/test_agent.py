@@ -408,7 +408,8 @@ def test_systemd_notify_status_watchdog_and_heartbeat(
     assert time.monotonic() - pings < 3.5
     make_stick(PartSpec(label=env.label, size_mb=128))
     busy = notify.wait(lambda m: m.startswith("STATUS=") and "idle" not in m)
-    assert re.match(r"STATUS=(mounting|syncing|copying \d+ of \d+, \d+% to|unmounting)", busy)
+    busy_states = r"checking|mounting|syncing|copying \d+ of \d+, \d+% to|unmounting"
+    assert re.match(rf"STATUS=({busy_states})", busy)
     kind, summary = agent.outcome()
     assert kind == "sync" and "safe to remove" in summary
     notify.wait(lambda m: m.startswith("STATUS=idle"))

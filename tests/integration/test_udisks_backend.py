@@ -32,3 +32,7 @@ def test_reuses_a_foreign_mount_and_leaves_it_mounted(
     options: str, make_stick: MakeStick, unique_label: str
 ) -> None:
     checks.reuses_a_foreign_mount(UDisksBackend, make_stick, unique_label, options)
+
+
+def test_a_dirty_fat_stick_is_repaired(make_stick: MakeStick, unique_label: str) -> None:
+    checks.fat_dirty_bit_is_checked_and_repaired(UDisksBackend, make_stick, unique_label)

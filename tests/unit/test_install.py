@@ -59,7 +59,9 @@ def test_render_fills_every_placeholder_with_real_paths(config_file: Path) -> No
     archive = files[UNITS / "usbagent-archive.service"]
     assert f'ReadWritePaths="{tmp}/my archives" {tmp}/state%%dir {tmp}/metrics\n' in archive
     hook = files[UNITS / "usbagent-notify-failure@.service"]
-    assert f"ExecStart={USBAGENT} --config {config_file} notify-failure %i\n" in hook
+    # The alarm runs the interpreter, not the script that may be what went missing.
+    python = Path(sys.executable)
+    assert f"ExecStart={python} -m usbagent --config {config_file} notify-failure %i\n" in hook
 
 
 def test_every_execstart_is_absolute_and_executable(config_file: Path) -> None:

@@ -5,13 +5,22 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from usbagent import state
-from usbagent.systemd import parse_show, user_scope
-from usbagent.unitfailure import describe, outcome_for, props_from_env
+from usbagent.events import Outcome
+from usbagent.unitfailure import (
+    describe,
+    outcome_for,
+    parse_show,
+    props_from_env,
+    started_at,
+    user_scope,
+    with_job_reason,
+)
 
 UNIT = "usbagent-archive.service"
 EXEC_START = (
@@ -48,9 +57,10 @@ def test_describe(props: dict[str, str], reason: str) -> None:
 
 
 def test_parse_show() -> None:
-    """The hook reads its unit with the one systemctl show parser (systemd.parse_show)."""
-    (unit,) = parse_show("Result=exit-code\nExecStart={ path=/a ; x=y }\n\n", [UNIT])
-    assert unit.props == {"Result": "exit-code", "ExecStart": "{ path=/a ; x=y }"}
+    assert parse_show("Result=exit-code\nExecStart={ path=/a ; x=y }\n\n") == {
+        "Result": "exit-code",
+        "ExecStart": "{ path=/a ; x=y }",
+    }
 
 
 def test_exec_stop_post_environment() -> None:
@@ -100,3 +110,43 @@ def test_hook_records_the_failure_for_status(tmp_path: Path) -> None:
         "usbagent.service failed: stopped answering its watchdog (hung) and was killed"
     )
     assert recorded.summary in done.stderr  # and in the journal
+
+
+def _failed_archive_unit(time: datetime) -> Outcome:
+    return Outcome(
+        "unit-failed",
+        ok=False,
+        summary="usbagent-archive.service failed: exited with status 1",
+        time=time,
+        details={"unit": "usbagent-archive.service", "via": "OnFailure"},
+    )
+
+
+def test_an_archive_unit_failure_carries_the_reason_the_job_recorded() -> None:
+    """The seed's failure: the notification and status must say *why*, not 'status 1'."""
+    start = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    job = Outcome("archive", ok=False, summary="recipients file /x does not exist", time=start)
+    out = with_job_reason(_failed_archive_unit(start), job, start - timedelta(seconds=3))
+    assert out.summary == (
+        "usbagent-archive.service failed: exited with status 1: recipients file /x does not exist"
+    )
+    assert out.details["reason"] == "recipients file /x does not exist"
+
+
+def test_an_older_or_successful_job_record_is_not_taken_as_the_reason() -> None:
+    start = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    unit = _failed_archive_unit(start)
+    yesterday = Outcome("archive", ok=False, summary="old", time=start - timedelta(days=1))
+    assert with_job_reason(unit, yesterday, start - timedelta(seconds=3)) == unit
+    good = Outcome("archive", ok=True, summary="made x", time=start)
+    assert with_job_reason(unit, good, start - timedelta(seconds=3)) == unit
+    assert with_job_reason(unit, None, start) == unit
+    assert with_job_reason(unit, yesterday, None) == unit
+
+
+def test_started_at_converts_systemds_monotonic_start() -> None:
+    now = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    props = {"ExecMainStartTimestampMonotonic": "100000000"}  # 100 s after boot
+    assert started_at(props, now, monotonic=160.0) == now - timedelta(seconds=60)
+    assert started_at({"ExecMainStartTimestampMonotonic": "0"}, now, 160.0) is None
+    assert started_at({}, now, 160.0) is None

@@ -1,0 +1,407 @@
+"""The real machine: usbagent as shipped, in a Debian 12 guest with systemd as PID 1.
+
+One guest for this module, booted once; the cases run in file order on it (the numbers are
+the cases of issue 8) and each leaves the machine as it found it. Cases that need a reboot
+(a missed night, a power cut) boot the same disk again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.vm import sticks
+from tests.vm.guest import (
+    CONFIG,
+    DESTINATION,
+    IDENTITY,
+    RECIPIENTS,
+    STATE,
+    USBAGENT,
+    VENV,
+    Guest,
+)
+
+UNITS = (
+    "usbagent.service",
+    "usbagent-archive.service",
+    "usbagent-notify-failure@usbagent.service.service",
+)
+
+
+def systemd_time(guest: Guest, unit: str, prop: str) -> str:
+    """A timestamp property as `status` prints times ("2026-12-02 02:00 UTC")."""
+    value = guest.ok(f"TZ=UTC LC_ALL=C systemctl show -p {prop} --value {unit}").strip()
+    return datetime.strptime(value, "%a %Y-%m-%d %H:%M:%S UTC").strftime("%Y-%m-%d %H:%M UTC")
+
+
+def sha256_in_guest(guest: Guest, path: str) -> str:
+    return guest.ok(f"sha256sum {path}").split()[0]
+
+
+def test_1_install_leaves_a_running_agent_an_enabled_timer_and_a_clean_doctor(
+    machine: Guest, record_property: pytest.RecordProperty
+) -> None:
+    agent = machine.unit("usbagent.service", "ActiveState", "SubState", "NRestarts", "Type")
+    # Type=notify: "active" only once the agent sent READY=1.
+    assert agent == {"ActiveState": "active", "SubState": "running", "NRestarts": "0",
+                     "Type": "notify"}  # fmt: skip
+    timer = machine.unit("usbagent-archive.timer", "UnitFileState", "ActiveState")
+    assert timer == {"UnitFileState": "enabled", "ActiveState": "active"}
+    doctor = machine.usbagent("doctor")
+    assert doctor.rc == 0, doctor.out + doctor.err
+    # Installing again (an upgrade) restarts the agent: it must not keep running old code
+    # under the old unit's sandbox until the next boot.
+    pid = machine.unit("usbagent.service", "MainPID")["MainPID"]
+    machine.usbagent("install", timeout=300).check("usbagent install (again)")
+    after = machine.unit("usbagent.service", "MainPID", "ActiveState")
+    assert after["ActiveState"] == "active" and after["MainPID"] != pid, after
+    for unit in UNITS:
+        out = machine.sh(f"systemd-analyze security --no-pager {unit} | tail -1").out.strip()
+        record_property(f"security {unit}", out)
+        print(f"systemd-analyze security {unit}: {out}")
+
+
+def test_2_the_timers_service_makes_an_archive_the_standard_tools_read(machine: Guest) -> None:
+    before = set(machine.archives())
+    machine.ok("systemctl start usbagent-archive.service", timeout=600)
+    job = machine.unit("usbagent-archive.service", "Result", "ExecMainStatus")
+    assert job == {"Result": "success", "ExecMainStatus": "0"}
+    (new,) = set(machine.archives()) - before
+    listing = machine.ok(f"age -d -i {IDENTITY} {DESTINATION}/{new} | zstd -d | tar -t")
+    assert "data/docs/note-19.txt" in listing.split() and "data/photos/cat.jpg" in listing.split()
+    machine.ok(f"cd {DESTINATION} && sha256sum -c {new}.sha256")
+    # `status` shows the next run systemd has (systemd 252 prints it in its default style).
+    timer = machine.check("archive-timer")
+    nxt = systemd_time(machine, "usbagent-archive.timer", "NextElapseUSecRealtime")
+    assert timer["state"] == "OK" and f"next {nxt}" in timer["message"], timer
+    assert machine.check("archive")["state"] == "OK"
+
+
+@pytest.fixture(scope="module")
+def ext4_stick(machine: Guest, tmp_path_factory: pytest.TempPathFactory) -> sticks.StickImage:
+    return sticks.make(tmp_path_factory.mktemp("sticks") / "ext4.img", "ext4", 128,
+                       "sovereign-backup")  # fmt: skip
+
+
+def test_3_ext4_usb_stick_is_copied_verified_powered_off_and_alice_is_told(
+    machine: Guest, ext4_stick: sticks.StickImage
+) -> None:
+    machine.login()
+    newest = machine.archives()[-1]
+    cursor = machine.cursor()
+    machine.vm.plug_usb("stick-ext4", ext4_stick.path, serial="UAEXT4")
+    machine.wait_notified("safe to remove", timeout=180)
+    # Drive.PowerOff: the stick left the guest's USB bus and nothing is mounted from it.
+    machine.vm.wait_guest("! lsblk -dno SERIAL | grep -qx UAEXT4", 30, "the stick to leave")
+    assert "sovereign-backup" not in machine.ok("findmnt -rn -o TARGET,SOURCE")
+    log = machine.journal_after(cursor, "usbagent.service")
+    assert "not delivered" not in log and "kept for later" not in log, log
+    sync = json.loads(machine.ok(f"cat {STATE}/last/sync.json"))
+    assert sync["ok"], sync
+    want = sha256_in_guest(machine, f"{DESTINATION}/{newest}")
+    machine.vm.unplug("stick-ext4")
+    on_stick = sticks.files(ext4_stick)
+    assert hashlib.sha256(on_stick[newest]).hexdigest() == want
+    assert on_stick[newest + ".sha256"].decode().split()[0] == want
+
+
+def test_3_a_notification_missed_while_logged_out_is_shown_at_login(
+    machine: Guest, ext4_stick: sticks.StickImage
+) -> None:
+    machine.logout()
+    cursor = machine.cursor()
+    machine.vm.plug_usb("stick-ext4", ext4_stick.path, serial="UAEXT4")
+    machine.vm.wait_guest(
+        f"journalctl -q -o cat -u usbagent.service --after-cursor '{cursor}' "
+        "| grep -q 'kept for later.*safe to remove'",
+        180,
+        "the 'safe to remove' note to be kept (nobody logged in)",
+    )
+    machine.vm.unplug("stick-ext4")
+    machine.clear_notifications()
+    machine.login()
+    machine.wait_notified("Missed while you were away: Backup copied: stick safe to remove", 180)
+
+
+def test_8_a_hung_agent_is_killed_by_the_watchdog_restarted_and_alice_is_told(
+    machine: Guest,
+) -> None:
+    machine.clear_notifications()
+    before = machine.unit("usbagent.service", "MainPID", "NRestarts")
+    machine.ok(f"kill -STOP {before['MainPID']}")
+    machine.vm.wait_guest(
+        f'[ "$(systemctl show -p NRestarts --value usbagent.service)" = '
+        f"{int(before['NRestarts']) + 1} ] && systemctl is-active -q usbagent.service",
+        120,
+        "the watchdog to kill and systemd to restart the agent",
+    )
+    after = machine.unit("usbagent.service", "MainPID", "Result")
+    assert after["MainPID"] != before["MainPID"]
+    machine.wait_notified("Backup service failed: usbagent.service", 120)
+    assert "watchdog" in machine.ok(f"cat {STATE}/last/unit-failed.json")
+
+
+def _python_usbagent(machine: Guest, args: str) -> tuple[int, str]:
+    r = machine.sh(f"{VENV}/bin/python3 -m usbagent --config {CONFIG} {args}")
+    return r.rc, r.out + r.err
+
+
+def test_8_a_missing_execstart_is_recorded_notified_and_makes_status_critical(
+    machine: Guest,
+) -> None:
+    machine.clear_notifications()
+    machine.ok(f"mv {USBAGENT} /root/usbagent.moved")
+    try:
+        machine.sh("systemctl start usbagent-archive.service", timeout=120)
+        job = machine.unit("usbagent-archive.service", "Result", "ExecMainStatus")
+        assert job == {"Result": "exit-code", "ExecMainStatus": "203"}, job
+        machine.wait_notified("Backup service failed: usbagent-archive.service", 120)
+        rc, out = _python_usbagent(machine, "status")
+        assert rc == 2 and out.startswith("usbagent CRITICAL"), out
+        assert "usbagent-archive.service" in out and "203/EXEC" in out, out
+    finally:
+        machine.ok(f"mv /root/usbagent.moved {USBAGENT}")
+    _good_archive(machine)
+
+
+def _good_archive(machine: Guest) -> None:
+    """A successful run again, so the next case starts from a healthy machine."""
+    machine.ok("systemctl reset-failed; systemctl start usbagent-archive.service", timeout=600)
+    rc, out = _python_usbagent(machine, "status")
+    assert rc == 0, out
+
+
+def test_9_recipients_file_moved_away_the_timer_run_fails_status_critical_alice_told(
+    machine: Guest,
+) -> None:
+    machine.clear_notifications()
+    machine.ok(f"mv {RECIPIENTS} /root/recipients.moved")
+    try:
+        r = machine.sh("systemctl start usbagent-archive.service", timeout=300)
+        assert r.rc != 0
+        # alice is told why, not only "exited with status 1"
+        machine.wait_notified(f"recipients file {RECIPIENTS} does not exist", 120)
+        rc, out = _python_usbagent(machine, "status")
+        assert rc == 2 and out.startswith("usbagent CRITICAL"), out
+        assert f"recipients file {RECIPIENTS} does not exist" in out, out
+    finally:
+        machine.ok(f"mv /root/recipients.moved {RECIPIENTS}")
+    _good_archive(machine)
+
+
+def test_5_a_labelled_disk_that_is_not_on_usb_is_refused_recorded_and_notified(
+    machine: Guest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    disk = sticks.make(tmp_path_factory.mktemp("disk") / "virtio.img", "ext4", 64,
+                       "sovereign-backup")  # fmt: skip
+    machine.clear_notifications()
+    n = len(machine.events())
+    machine.vm.plug_disk("disk-virtio", disk.path, serial="UAVIRTIO")
+    try:
+        refused = machine.wait_event("refused", n)
+        assert "not USB" in refused["summary"], refused
+        machine.wait_notified("Backup stick not used", 60)
+        assert "sovereign-backup" not in machine.ok("findmnt -rn -o TARGET")
+    finally:
+        machine.vm.unplug("disk-virtio")
+    assert "usbagent" not in sticks.ext4_root(disk), "a refused disk was written to"
+
+
+@pytest.fixture(scope="module")
+def fat_sticks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, sticks.StickImage]:
+    d = tmp_path_factory.mktemp("fat")
+    return {
+        "vfat": sticks.make(d / "fat32.img", "vfat", 96, "BACKUP"),
+        "exfat": sticks.make(d / "exfat.img", "exfat", 96, "BACKUP"),
+    }
+
+
+@pytest.mark.parametrize("fs", ["vfat", "exfat"])
+def test_4_fat32_and_exfat_sticks_are_mounted_for_real_copied_and_verified(
+    machine: Guest, fat_sticks: dict[str, sticks.StickImage], fs: str
+) -> None:
+    stick = fat_sticks[fs]
+    newest = machine.archives()[-1]
+    want = sha256_in_guest(machine, f"{DESTINATION}/{newest}")
+    n = len(machine.events())
+    machine.vm.plug_usb(f"stick-{fs}", stick.path, serial=f"UA{fs.upper()}")
+    sync = machine.wait_event("sync", n)
+    assert sync["ok"] and "safe to remove" in sync["summary"], sync
+    assert sync["details"]["fstype"] == fs, sync
+    machine.vm.unplug(f"stick-{fs}")
+    if fs == "vfat":  # read back on the host with mtools
+        found = sticks.fat_files(stick)
+        assert hashlib.sha256(found[newest]).hexdigest() == want
+        assert found[newest + ".sha256"].decode().split()[0] == want
+        assert not sticks.fat_dirty(stick), "unmounted cleanly: the dirty bit must be clear"
+    else:  # the host kernel has no exFAT: the guest's own driver reads it, not via usbagent
+        machine.vm.plug_disk("check-exfat", stick.path, serial="UACHECK")
+        try:
+            machine.vm.wait_guest("blkid -L BACKUP >/dev/null", 60, "the exFAT disk")
+            machine.ok("mkdir -p /mnt/check && mount -o ro $(blkid -L BACKUP) /mnt/check")
+            got = sha256_in_guest(machine, f"/mnt/check/usbagent/{newest}")
+            machine.ok("umount /mnt/check")
+        finally:
+            machine.vm.unplug("check-exfat")
+        assert got == want
+
+
+def test_4_an_archive_over_4_gib_is_refused_for_fat32_before_mount_naming_its_size(
+    machine: Guest, fat_sticks: dict[str, sticks.StickImage]
+) -> None:
+    size = 4 * 2**30 + 2**20
+    name = f"vm-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.tar.zst.age"
+    # A real file of that size, sparse; its sidecar is its true SHA-256 (of the zeros).
+    digest = hashlib.sha256()
+    zeros = bytes(1 << 20)
+    for _ in range(size >> 20):
+        digest.update(zeros)
+    machine.ok(f"truncate -s {size} {DESTINATION}/{name}")
+    machine.vm.write(f"{DESTINATION}/{name}.sha256", f"{digest.hexdigest()}  {name}\n")
+    n = len(machine.events())
+    try:
+        machine.vm.plug_usb("stick-vfat", fat_sticks["vfat"].path, serial="UAVFAT")
+        refused = machine.wait_event("refused", n)
+        assert str(size) in refused["summary"] or "4.0 GiB" in refused["summary"], refused
+        assert "sovereign-backup" not in machine.ok("findmnt -rn -o SOURCE,TARGET")
+        assert not any(e["kind"] == "sync" for e in machine.events()[n:])
+    finally:
+        machine.vm.unplug("stick-vfat")
+        machine.ok(f"rm -f {DESTINATION}/{name} {DESTINATION}/{name}.sha256")
+
+
+def test_6_a_stick_pulled_mid_copy_is_reported_removed_and_the_next_one_is_served(
+    machine: Guest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    d = tmp_path_factory.mktemp("pull")
+    first, second = (sticks.make(d / f"{n}.img", "ext4", 640, "sovereign-backup") for n in "ab")
+    machine.ok("head -c 200M /dev/urandom > /data/big.bin")
+    machine.ok("systemctl start usbagent-archive.service", timeout=600)
+    big = machine.archives()[-1]
+    agent = machine.unit("usbagent.service", "MainPID", "NRestarts")
+    machine.clear_notifications()
+    n = len(machine.events())
+    cursor = machine.cursor()
+    machine.vm.plug_usb("stick-pull", first.path, serial="UAPULL")
+    machine.vm.wait_guest(
+        f"journalctl -q -o cat -u usbagent.service --after-cursor '{cursor}' "
+        f"| grep -q 'copying {big}'",
+        120,
+        f"the copy of {big} to start",
+    )
+    machine.vm.unplug("stick-pull")
+    failed = machine.wait_event("sync", n, timeout=120)
+    assert not failed["ok"]
+    assert "plugged in but not backed up" in failed["summary"], failed
+    assert "removed" in failed["summary"], failed
+    assert "read-only" not in failed["summary"] and "fsck" not in failed["summary"], failed
+    machine.wait_notified("Backup copy to stick FAILED", 60)
+    assert machine.unit("usbagent.service", "MainPID", "NRestarts") == agent  # no restart
+    machine.vm.wait_guest(
+        "! findmnt -rn -o SOURCE,TARGET | grep -q sovereign-backup", 30, "no mount left behind"
+    )
+    n = len(machine.events())
+    machine.vm.plug_usb("stick-next", second.path, serial="UANEXT")
+    served = machine.wait_event("sync", n, timeout=300)
+    machine.vm.unplug("stick-next")
+    assert served["ok"] and "safe to remove" in served["summary"], served
+    assert big in sticks.ext4_files(second)
+    machine.ok("rm /data/big.bin")  # the big archive stays for case 7
+
+
+STAMP = "/var/lib/systemd/timers/stamp-usbagent-archive.timer"
+
+
+def test_7_power_cut_mid_copy_then_a_boot_with_the_sticks_in_and_2_a_missed_night(
+    machine: Guest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    d = tmp_path_factory.mktemp("cut")
+    cut = {
+        "ext4": sticks.make(d / "ext4.img", "ext4", 640, "sovereign-backup"),
+        "vfat": sticks.make(d / "fat.img", "vfat", 640, "BACKUP"),
+    }
+    big = machine.archives()[-1]
+    sums = {a: sha256_in_guest(machine, f"{DESTINATION}/{a}") for a in machine.archives()}
+    # Older copies first (without the big archive), then a copy of the big one, cut short.
+    machine.ok(f"mv {DESTINATION}/{big} {DESTINATION}/{big}.sha256 /root/")
+    for fs, stick in cut.items():
+        n = len(machine.events())
+        machine.vm.plug_usb(f"cut-{fs}", stick.path, serial=f"UACUT{fs.upper()}")
+        assert machine.wait_event("sync", n)["ok"]
+        machine.vm.unplug(f"cut-{fs}")
+    older = {fs: sticks.files(stick) for fs, stick in cut.items()}
+    machine.ok(f"mv /root/{big} /root/{big}.sha256 {DESTINATION}/")
+    # Case 2: the machine is off over the night the timer should have run (it last ran
+    # two days ago); Persistent=true runs the job at the next boot.
+    machine.ok(f"touch -d '2 days ago' {STAMP}")
+    cursor = machine.cursor()
+    for fs, stick in cut.items():
+        machine.vm.plug_usb(f"cut-{fs}", stick.path, serial=f"UACUT{fs.upper()}")
+    machine.vm.wait_guest(
+        f"[ $(journalctl -q -o cat -u usbagent.service --after-cursor '{cursor}' "
+        f"| grep -c 'copying {big}') -ge 2 ]",
+        180,
+        "both copies of the big archive to be under way",
+    )
+    machine.ok("sleep 1")  # some of the big archive is on its way to each stick
+    machine.vm.power_cut()
+    # Case 4: a FAT stick that was not unmounted keeps its dirty bit.
+    assert sticks.fat_dirty(cut["vfat"]), "the FAT stick was mounted: its dirty bit must be set"
+    for fs, stick in cut.items():
+        found = sticks.files(stick)
+        finals = {k: v for k, v in found.items() if k.endswith(".age")}
+        assert big not in finals, f"{fs}: the cut was meant to come mid-copy"
+        for name, data in finals.items():  # no final-named file that fails its sum
+            assert hashlib.sha256(data).hexdigest() == sums[name], (fs, name)
+        for name, data in older[fs].items():  # older copies intact
+            assert found.get(name) == data, (fs, name)
+    # The same disk boots again with both sticks still in.
+    booted_at = datetime.now(UTC)
+    drives = []
+    for fs, stick in cut.items():
+        drives += [
+            "-drive", f"if=none,id=d-{fs},format=raw,file={stick.path}",
+            "-device",
+            f"usb-storage,id=cut-{fs},bus=xhci.0,drive=d-{fs},serial=UACUT{fs.upper()}",
+        ]  # fmt: skip
+    machine.vm.boot(drives)
+    for fs, stick in cut.items():
+        machine.vm.wait_guest(
+            f"journalctl -b -q -o cat -u usbagent.service | grep -q "
+            f"'sync: copied .* to {stick.label} .*safe to remove'",
+            300,
+            f"the {fs} stick to be synced after the boot",
+        )
+    # ... and is checked and repaired before use, and the person is told (the sync's
+    # notification carries it; nobody is logged in after the boot, so it is kept for later).
+    lines = machine.ok("journalctl -b -q -o cat -u usbagent.service").splitlines()
+    done = {
+        s.label: [ln for ln in lines if "sync: copied" in ln and s.label in ln]
+        for s in cut.values()
+    }
+    assert "its filesystem failed the check and was repaired" in done["BACKUP"][-1], done
+    assert "repaired" not in done["sovereign-backup"][-1], done
+    machine.login()
+    machine.wait_notified("its filesystem failed the check and was repaired", 180)
+    # Persistent=true: the missed night's job ran at boot, and status shows that run.
+    machine.vm.wait_guest(
+        "systemctl show -p Result,ExecMainStartTimestampMonotonic usbagent-archive.service "
+        "| grep -q 'Result=success' && [ -n \"$(systemctl show -p ExecMainStartTimestamp "
+        '--value usbagent-archive.service)" ]',
+        300,
+        "the missed night's archive job to run at boot",
+    )
+    last = systemd_time(machine, "usbagent-archive.timer", "LastTriggerUSec")
+    assert last >= booted_at.strftime("%Y-%m-%d %H:%M UTC"), last
+    assert f"last run {last}" in machine.check("archive-timer")["message"]
+    for fs in cut:
+        machine.vm.unplug(f"cut-{fs}")
+    for fs, stick in cut.items():
+        found = sticks.files(stick)
+        assert hashlib.sha256(found[big]).hexdigest() == sums[big], fs
+        assert found[big + ".sha256"].decode().split()[0] == sums[big], fs
+    assert not sticks.fat_dirty(cut["vfat"]), "repaired and unmounted: the dirty bit is clear"
