@@ -25,7 +25,9 @@ from typing import TextIO
 CACHE_ROOT = Path(os.environ.get("USBAGENT_VM_CACHE", "/var/cache/usbagent-vm"))
 GUEST_DIR = Path(__file__).parent / "guest"
 SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
+# The guest gets the packages from where this host's apt gets them: mmdebstrap pastes an
+# existing sources file into the guest's apt sources (its content is one of the inputs).
+HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 ROOT_SIZE = "6G"  # sparse; room for a few hundred MB of archives and a >4 GiB sparse one
 
 # The issue's package list, plus what the cases need: a desktop (Xvfb + dunst, dbus-monitor
@@ -85,10 +87,18 @@ class Image:
     initrd: Path
 
 
+def mirror() -> Path:
+    """This host's apt sources file, which mmdebstrap copies into the guest."""
+    for candidate in HOST_SOURCES:
+        if candidate.is_file():
+            return candidate
+    raise RuntimeError(f"no apt sources on this host ({', '.join(map(str, HOST_SOURCES))})")
+
+
 def key() -> str:
     """Hash of every input of the image: a change to one of them means a new image."""
     h = hashlib.sha256()
-    for part in (SUITE, MIRROR, ROOT_SIZE, *PACKAGES, *CUSTOMIZE):
+    for part in (SUITE, mirror().read_text(), ROOT_SIZE, *PACKAGES, *CUSTOMIZE):
         h.update(part.encode() + b"\0")
     for f in sorted(GUEST_DIR.iterdir()):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
@@ -148,7 +158,7 @@ def _build(work: Path, log: TextIO) -> None:
             *hooks,
             SUITE,
             str(tree),
-            MIRROR,
+            str(mirror()),
         ],
         "mmdebstrap",
     )
