@@ -116,13 +116,3 @@ def parse_show(text: str, units: Sequence[str]) -> list[Unit]:
     blocks = [b for b in blocks if b]
     blocks += [{}] * (len(units) - len(blocks))
     return [Unit(name, block) for name, block in zip(units, blocks, strict=False)]
-
-
-def exec_paths(exec_start: str) -> list[str]:
-    """The program paths in an ExecStart property ('{ path=/x ; argv[]=... }', one per line)."""
-    paths = []
-    for part in exec_start.split(";"):
-        key, _, value = part.strip().lstrip("{").strip().partition("=")
-        if key == "path":
-            paths.append(value.strip())
-    return paths
