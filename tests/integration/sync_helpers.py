@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tests.stack import MakeStick, PartSpec
 from usbagent import naming
 from usbagent.config import AgentConfig, ArchiveConfig, Config, UsbConfig
 from usbagent.plan import LocalArchive
@@ -114,3 +115,16 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
 def stick_files(mount: Path, directory: str = "usbagent") -> set[str]:
     folder = mount / directory
     return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def served_once(
+    make_stick: MakeStick, label: str, tmp: Path, keep: int
+) -> tuple[Config, LocalArchive, Path, Path]:
+    """A stick `usbagent sync` has already brought up to date with one 1 MiB archive:
+    (config, that archive, the stick's mountpoint, the config file)."""
+    config = sync_config(tmp, label, keep=keep)
+    old = make_archive(config.archive.destination, 1, MIB)
+    mount = make_stick(PartSpec("ext4", label=label)).mount()
+    toml = write_toml(config, tmp / "c.toml")
+    assert usbagent(toml, "sync", str(mount)).returncode == 0
+    return config, old, mount, toml

@@ -24,6 +24,7 @@ from tests.integration.sync_helpers import (
     MIB,
     archive_name,
     make_archive,
+    served_once,
     sha256_file,
     snapshot,
     stick_files,
@@ -421,11 +422,7 @@ def _corrupt_local(path: Path, offset: int) -> None:
 def test_a_corrupt_local_archive_is_a_host_problem_and_nothing_of_it_is_copied(
     make_stick: MakeStick, unique_label: str, tmp_path: Path
 ) -> None:
-    config = sync_config(tmp_path, unique_label, keep=2)
-    old = make_archive(config.archive.destination, 1, MIB)
-    mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
-    toml = write_toml(config, tmp_path / "c.toml")
-    assert usbagent(toml, "sync", str(mount)).returncode == 0
+    config, old, mount, toml = served_once(make_stick, unique_label, tmp_path, keep=2)
     bad = make_archive(config.archive.destination, 2, 3 * MIB)
     good = make_archive(config.archive.destination, 3, MIB)
     _corrupt_local(config.archive.destination / bad.name, 2 * MIB + 17)

@@ -16,6 +16,7 @@ from tests.integration.sync_helpers import (
     PREFIX,
     archive_name,
     make_archive,
+    served_once,
     sha256_file,
     stick_files,
     sync_config,
@@ -109,11 +110,7 @@ def test_files_usbagent_never_wrote_do_not_count_toward_keep_and_stay(
 def test_a_file_under_the_name_of_a_new_archive_is_left_alone_and_the_sync_fails(
     make_stick: MakeStick, unique_label: str, tmp_path: Path
 ) -> None:
-    config = sync_config(tmp_path, unique_label, keep=2)
-    old = make_archive(config.archive.destination, 1, MIB)
-    mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
-    toml = write_toml(config, tmp_path / "c.toml")
-    assert usbagent(toml, "sync", str(mount)).returncode == 0
+    config, old, mount, toml = served_once(make_stick, unique_label, tmp_path, keep=2)
     new = make_archive(config.archive.destination, 2, MIB)
     folder = mount / "usbagent"
     _forge(folder, new.name, b"planted " * 100, sidecar=True)  # usbagent never wrote it
@@ -133,11 +130,7 @@ def test_a_file_under_the_name_of_a_new_archive_is_left_alone_and_the_sync_fails
 def test_a_folder_named_like_an_archive_is_refused_and_nothing_is_deleted(
     make_stick: MakeStick, unique_label: str, tmp_path: Path
 ) -> None:
-    config = sync_config(tmp_path, unique_label, keep=1)
-    old = make_archive(config.archive.destination, 1, MIB)
-    mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
-    toml = write_toml(config, tmp_path / "c.toml")
-    assert usbagent(toml, "sync", str(mount)).returncode == 0
+    config, old, mount, toml = served_once(make_stick, unique_label, tmp_path, keep=1)
     make_archive(config.archive.destination, 2, MIB)
     (mount / "usbagent" / FUTURE).mkdir()
     before = stick_files(mount)
