@@ -232,8 +232,8 @@ class Vm:
             raise VmError("the machine is not running")
         return self.qmp
 
-    def plug_usb(self, name: str, image: Path, serial: str) -> None:
-        """Hot-plug `image` as a USB mass-storage stick on the xHCI bus."""
+    def _add_image(self, name: str, image: Path) -> Qmp:
+        """The block node `n-<name>` backed by `image`, for a device_add to plug in."""
         qmp = self._qmp()
         qmp.execute(
             "blockdev-add",
@@ -243,6 +243,11 @@ class Vm:
                 "file": {"driver": "file", "filename": str(image)},
             },
         )
+        return qmp
+
+    def plug_usb(self, name: str, image: Path, serial: str) -> None:
+        """Hot-plug `image` as a USB mass-storage stick on the xHCI bus."""
+        qmp = self._add_image(name, image)
         qmp.execute(
             "device_add", driver="usb-storage", id=name, drive=f"n-{name}", bus="xhci.0",
             serial=serial, removable=True,
@@ -250,15 +255,7 @@ class Vm:
 
     def plug_disk(self, name: str, image: Path, serial: str) -> None:
         """Hot-plug `image` as a virtio disk (not on USB)."""
-        qmp = self._qmp()
-        qmp.execute(
-            "blockdev-add",
-            **{
-                "node-name": f"n-{name}",
-                "driver": "raw",
-                "file": {"driver": "file", "filename": str(image)},
-            },
-        )
+        qmp = self._add_image(name, image)
         qmp.execute("device_add", driver="virtio-blk-pci", id=name, drive=f"n-{name}",
                     serial=serial)  # fmt: skip
 
