@@ -1,4 +1,14 @@
-"""Archive file names: the one place that knows `<prefix>-<YYYYmmddTHHMMSSZ>.tar.zst.age`.
+"""Archive file names: the one place that knows how an archive, its level and its chain are
+spelled.
+
+- a full archive: `<prefix>-<YYYYmmddTHHMMSSZ>.tar.zst.age` (every archive versions before
+  incremental archives wrote is a full);
+- an increment: `<prefix>-<stamp>.inc<N>.<fullstamp>.tar.zst.age`, level N >= 1, made
+  against the state after level N-1 of the chain whose full was made at `<fullstamp>`.
+
+Names sort by creation time (the stamp comes right after the prefix), the level and the
+chain are readable by a person and by `chains`, and the increment part is joined by '.',
+which cannot end a prefix followed by '-<stamp>', so no name parses two ways.
 
 Retention and pruning delete only names this module recognises, so a stray file in the
 destination or on a stick is never mistaken for an archive.
@@ -18,21 +28,42 @@ STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 # config accepts always yields names that `parse` (status, verify, retention, sync) finds.
 PREFIX_CHARS = "ASCII letters, digits, '-', '_' and '.'"
 _PREFIX = r"[A-Za-z0-9._-]+"
+_STAMP = r"\d{8}T\d{6}Z"
+MAX_LEVEL = 9999  # far beyond any chain a `full_every_days` allows; bounds the name
 _NAME = re.compile(
-    rf"(?P<prefix>{_PREFIX})-(?P<stamp>\d{{8}}T\d{{6}}Z)" + re.escape(SUFFIX), re.ASCII
+    rf"(?P<prefix>{_PREFIX})-(?P<stamp>{_STAMP})"
+    rf"(?:\.inc(?P<level>[1-9][0-9]{{0,3}})\.(?P<full>{_STAMP}))?" + re.escape(SUFFIX),
+    re.ASCII,
 )
 
 
 @dataclass(frozen=True, order=True)
 class ArchiveName:
-    """A parsed archive name; orders by creation time."""
+    """A parsed archive name; orders by creation time.
+
+    `level` 0 is a full; `full` is when the chain's full was made (for a full: `created`).
+    """
 
     created: datetime
     prefix: str
+    level: int
+    full: datetime
+
+    @property
+    def is_full(self) -> bool:
+        return self.level == 0
+
+    @property
+    def chain(self) -> tuple[str, datetime]:
+        """What identifies the chain this archive belongs to: its prefix and its full."""
+        return self.prefix, self.full
 
     @property
     def filename(self) -> str:
-        return f"{self.prefix}-{self.created.strftime(STAMP_FORMAT)}{SUFFIX}"
+        stamp = self.created.strftime(STAMP_FORMAT)
+        if self.is_full:
+            return f"{self.prefix}-{stamp}{SUFFIX}"
+        return f"{self.prefix}-{stamp}.inc{self.level}.{self.full.strftime(STAMP_FORMAT)}{SUFFIX}"
 
     @property
     def sidecar(self) -> str:
@@ -49,21 +80,45 @@ def safe_prefix(text: str) -> str:
     return "".join(c if valid_prefix(c) else "-" for c in text)
 
 
-def make(prefix: str, when: datetime) -> ArchiveName:
-    """The name for an archive created at `when` (truncated to whole seconds, UTC)."""
-    return ArchiveName(created=when.astimezone(UTC).replace(microsecond=0), prefix=prefix)
+def _second(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(microsecond=0)
+
+
+def make(prefix: str, when: datetime, level: int = 0, full: datetime | None = None) -> ArchiveName:
+    """The name for an archive created at `when` (truncated to whole seconds, UTC): a full,
+    or the increment of `level` in the chain whose full was made at `full`."""
+    if not 0 <= level <= MAX_LEVEL or (level > 0) != (full is not None):
+        raise ValueError(f"level {level} with full {full}: not an archive name")
+    created = _second(when)
+    base = _second(full) if full is not None else created
+    if level and base >= created:
+        raise ValueError("an increment must be made after its chain's full")
+    return ArchiveName(created=created, prefix=prefix, level=level, full=base)
+
+
+def _stamp(text: str) -> datetime | None:
+    try:
+        return datetime.strptime(text, STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:  # looks like a stamp but is no date (month 13): not one of ours
+        return None
 
 
 def parse(filename: str, prefix: str | None = None) -> ArchiveName | None:
-    """The archive a file name denotes, or None if it is not one (of `prefix`, when given)."""
+    """The archive a file name denotes, or None if it is not one (of `prefix`, when given).
+
+    An increment dated no later than its own full is no name usbagent makes: not ours.
+    """
     m = _NAME.fullmatch(filename)
     if not m or (prefix is not None and m["prefix"] != prefix):
         return None
-    try:
-        created = datetime.strptime(m["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
-    except ValueError:  # looks like a stamp but is no date (month 13): not one of ours
+    created = _stamp(m["stamp"])
+    full = _stamp(m["full"]) if m["full"] else created
+    if created is None or full is None:
         return None
-    return ArchiveName(created=created, prefix=m["prefix"])
+    level = int(m["level"] or 0)
+    if level and full >= created:
+        return None
+    return ArchiveName(created=created, prefix=m["prefix"], level=level, full=full)
 
 
 # How far an archive's name may be ahead of the clock before it is suspect: a clock set

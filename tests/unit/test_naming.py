@@ -79,3 +79,47 @@ def test_names_are_ascii_and_exact(filename: str) -> None:
 def test_safe_prefix_gives_a_valid_prefix_from_any_host_name() -> None:
     assert naming.safe_prefix("b\u00e4ck up.lan") == "b-ck-up.lan"
     assert naming.valid_prefix(naming.safe_prefix("\u00e4\u00f6\u00fc\U0001f600"))
+
+
+def test_an_increment_names_its_level_and_its_chain_and_parses_back() -> None:
+    full = naming.make("host-1", WHEN)
+    inc = naming.make("host-1", WHEN + timedelta(days=2), level=2, full=full.created)
+    assert inc.filename == "host-1-20261128T030405Z.inc2.20261126T030405Z.tar.zst.age"
+    assert naming.parse(inc.filename) == inc
+    assert naming.parse(inc.filename, "host-1") == inc
+    assert inc.chain == full.chain and not inc.is_full and full.is_full
+    assert naming.parse(inc.sidecar.removesuffix(naming.SIDECAR)) == inc
+
+
+def test_names_of_both_levels_sort_by_time() -> None:
+    full = naming.make("h", WHEN)
+    inc = naming.make("h", WHEN + timedelta(hours=1), level=1, full=full.created)
+    nxt = naming.make("h", WHEN + timedelta(hours=2))
+    names = [nxt.filename, inc.filename, full.filename]
+    assert sorted(names) == [full.filename, inc.filename, nxt.filename]
+    assert sorted(naming.parse(n) for n in names) == [full, inc, nxt]
+
+
+def test_an_increment_never_parses_as_a_full_of_another_prefix() -> None:
+    # '.' joins the increment part, so no prefix can swallow '<stamp>.incN'
+    inc = naming.make("a-b", WHEN + timedelta(days=1), level=1, full=WHEN)
+    assert naming.parse(inc.filename, "a-b-20261127T030405Z.inc1") is None
+    assert naming.parse(inc.filename, "a") is None
+    parsed = naming.parse(inc.filename)
+    assert parsed is not None and parsed.prefix == "a-b"
+
+
+def test_an_increment_dated_before_its_full_is_not_ours() -> None:
+    text = "h-20261126T030405Z.inc1.20261127T030405Z.tar.zst.age"
+    assert naming.parse(text) is None
+    assert naming.parse("h-20261126T030405Z.inc1.20261126T030405Z.tar.zst.age") is None
+    assert naming.parse("h-20261127T030405Z.inc0.20261126T030405Z.tar.zst.age") is None
+
+
+def test_make_refuses_what_parse_would_not_read() -> None:
+    for level, full in ((1, None), (0, WHEN), (1, WHEN + timedelta(days=1))):
+        try:
+            naming.make("h", WHEN, level=level, full=full)
+        except ValueError:
+            continue
+        raise AssertionError(f"make accepted level {level} with full {full}")
