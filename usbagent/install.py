@@ -19,7 +19,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from usbagent.config import Config, label_problem, unit_path_problem
+from usbagent.config import Config
+from usbagent.configcheck import label_problem, unit_path_problem
 from usbagent.errors import UsbagentError
 from usbagent.fsutil import write_atomic
 

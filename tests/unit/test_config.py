@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from usbagent import config, install, naming
+from usbagent import config, configcheck, install, naming
 from usbagent.config import ConfigError
 from usbagent.errors import UsbagentError
 
@@ -31,6 +31,7 @@ def test_empty_file_gives_every_default(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, ""))
     assert cfg.archive == config.ArchiveConfig()
     assert cfg.archive.keep_days == 14 and cfg.archive.compression_level == 3
+    assert cfg.archive.full_every_days == 7
     assert cfg.usb.labels == ("sovereign-backup",) and cfg.usb.backend == "auto"
     assert cfg.agent.state_dir == Path("/var/lib/usbagent")
     assert cfg.notify.enabled is True
@@ -42,6 +43,7 @@ def test_values_are_typed(tmp_path: Path) -> None:
         write(
             tmp_path,
             '[archive]\nsources = ["/a", "/b"]\nexclude = []\nkeep_days = 3\nprefix = "h1"\n'
+            "full_every_days = 2\n"
             '[usb]\nuuids = ["ABCD-1234"]\nrequire_usb = false\n'
             "[agent]\nstale_after_hours = 1.5\n",
         )
@@ -49,6 +51,7 @@ def test_values_are_typed(tmp_path: Path) -> None:
     assert cfg.archive.sources == (Path("/a"), Path("/b"))
     assert cfg.archive.exclude == ()
     assert cfg.archive_prefix == "h1"
+    assert cfg.archive.full_every_days == 2
     assert cfg.usb.uuids == ("abcd-1234",)  # compared case-insensitively later
     assert cfg.usb.require_usb is False
     assert cfg.agent.stale_after_hours == 1.5
@@ -75,6 +78,8 @@ def test_unknown_section_is_named(tmp_path: Path) -> None:
     [
         ("[archive]\nkeep_days = 0", "archive.keep_days: must be between 1 and 36500"),
         ("[archive]\nkeep_days = true", "archive.keep_days: must be an integer"),
+        ("[archive]\nfull_every_days = 0", "archive.full_every_days: must be between 1 and 36500"),
+        ('[archive]\nfull_every_days = "7"', "archive.full_every_days: must be an integer"),
         (
             "[archive]\ncompression_level = 25",
             "archive.compression_level: must be between 1 and 19",
@@ -201,14 +206,14 @@ def test_config_accepts_a_label_exactly_when_install_can_render_it(
     tmp_path: Path, label: str
 ) -> None:
     """One rule in one place: config and install never disagree about a label."""
-    accepted_by_config = config.label_problem(label) is None
+    accepted_by_config = configcheck.label_problem(label) is None
     try:
         install.label_glob(label)
         rendered = True
     except UsbagentError:
         rendered = False
     assert accepted_by_config == rendered
-    problems = [] if accepted_by_config else [f"usb.labels: {config.label_problem(label)}"]
+    problems = [] if accepted_by_config else [f"usb.labels: {configcheck.label_problem(label)}"]
     try:
         config.load(write(tmp_path, f"[usb]\nlabels = {json.dumps([label])}\n"))
         assert not problems
