@@ -14,7 +14,7 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 import pyrage
 import zstandard
@@ -23,6 +23,24 @@ from usbagent.errors import UsbagentError
 from usbagent.recipients import Identity
 
 DRAIN_SIZE = 1024 * 1024
+DUMPDIR = b"D"  # GNU tar's folder record in --listed-incremental archives (with its listing)
+
+
+class GnuInfo(tarfile.TarInfo):
+    """A member header as GNU tar means it.
+
+    GNU tar's incremental headers keep the file's atime and ctime where ustar has its name
+    prefix; tarfile reads those digits as a prefix (`15303663377/data/...`). A GNU-format
+    name is the 100-byte field, or a long-name record (which tarfile applies afterwards).
+    """
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        info = super().frombuf(buf, encoding, errors)
+        if buf[257:265] == tarfile.GNU_MAGIC:
+            name = buf[:100].split(b"\0", 1)[0].decode(encoding, errors)
+            info.name = name.rstrip("/") if info.isdir() or info.type == DUMPDIR else name
+        return info
 
 
 class _PipeWriter:
@@ -84,7 +102,7 @@ def open_tar(path: Path, identities: list[Identity]) -> Iterator[tarfile.TarFile
     try:
         try:
             zstd = zstandard.ZstdDecompressor().stream_reader(plain, read_across_frames=True)
-            with tarfile.open(fileobj=zstd, mode="r|") as tar:
+            with tarfile.open(fileobj=zstd, mode="r|", tarinfo=GnuInfo) as tar:
                 yield tar
             while zstd.read(DRAIN_SIZE):
                 pass

@@ -41,13 +41,27 @@ class ArchiveDetails:
     size: int | None = None
     sha256: str = ""
     duration: float | None = None  # seconds
+    level: int = 0  # 0: a full (every archive versions before increments made is one)
+    full: str = ""  # the file name of its chain's full ("" when the run made none)
+    full_because: str = ""  # a full: why (usbagent.levels.Why; "" for an increment)
 
     @classmethod
     def of(cls, outcome: Outcome) -> ArchiveDetails | None:
         if outcome.kind != "archive":
             return None
         d = outcome.details
-        return cls(_str(d, "archive"), _int(d, "size"), _str(d, "sha256"), _number(d, "duration"))
+        archive = _str(d, "archive")
+        level = _int(d, "level") or 0
+        full = _str(d, "full") or (archive if level == 0 else "")
+        return cls(
+            archive,
+            _int(d, "size"),
+            _str(d, "sha256"),
+            _number(d, "duration"),
+            level,
+            full,
+            _str(d, "full_because"),
+        )
 
 
 @dataclass(frozen=True)

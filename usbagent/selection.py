@@ -22,6 +22,7 @@ twice, and no way to say which source yielded them).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -155,4 +156,21 @@ def tar_command(
     cmd += ["--no-anchored", "--wildcards", "--wildcards-match-slash"]
     cmd += [f"--exclude={p}" for p in exclude if not p.startswith("/")]
     cmd += [_transform(s) for s in sources if s.real != s.named]
-    return [*cmd, "--", *(member(s.real) for s in sources)]
+    # --wildcards applies to the names after it too: with --listed-incremental, tar then
+    # takes the sources for patterns and stores no folder (nor its listing) at all.
+    return [*cmd, "--no-wildcards", "--", *(member(s.real) for s in sources)]
+
+
+def incremental(cmd: list[str], snapshot: Path) -> list[str]:
+    """`cmd` dumping what changed since the snapshot tar updates in place (a full when the
+    file does not exist yet). Device numbers are not compared: they change across reboots,
+    re-plugged disks and remounted loop images, and would turn every night into a full."""
+    end = cmd.index("--")
+    return [*cmd[:end], f"--listed-incremental={snapshot}", "--no-check-device", *cmd[end:]]
+
+
+def fingerprint(cmd: list[str]) -> str:
+    """What a tar command selects, as one digest (its path to tar aside): a snapshot made
+    with another selection does not describe tonight's (an exclusion dropped since would
+    leave its files out of every increment, as they have not changed)."""
+    return hashlib.sha256("\0".join(cmd[1:]).encode("utf-8", "surrogateescape")).hexdigest()

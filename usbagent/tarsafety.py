@@ -47,7 +47,7 @@ def split(name: str) -> tuple[str, ...]:
 
 def _type_problem(member: tarfile.TarInfo) -> str | None:
     """Why a member's type is not restored: devices, fifos and types tar does not define."""
-    if member.isdir() or member.isreg() or member.issym() or member.islnk():
+    if _is_dir(member) or member.isreg() or member.issym() or member.islnk():
         return None
     if member.ischr() or member.isblk():
         return "device file"
@@ -56,8 +56,13 @@ def _type_problem(member: tarfile.TarInfo) -> str | None:
     return f"unsupported member type {member.type!r}"
 
 
+def _is_dir(member: tarfile.TarInfo) -> bool:
+    """A folder, or GNU tar's folder record with its listing (type 'D', incremental)."""
+    return member.isdir() or member.type == b"D"
+
+
 def _kind(member: tarfile.TarInfo) -> Kind:
-    if member.isdir():
+    if _is_dir(member):
         return "dir"
     if member.issym():
         return "symlink"

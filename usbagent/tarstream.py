@@ -35,12 +35,19 @@ class SourceCount:
     bytes: int
 
 
-def yielded_nothing(count: SourceCount, is_dir: bool, has_entries: bool) -> bool:
+def yielded_nothing(
+    count: SourceCount, is_dir: bool, has_entries: bool, increment: bool = False
+) -> bool:
     """A source that has content on disk but nothing of it in the archive (pure).
 
     A folder yields itself first, so one member (or none, when excluded) means nothing
-    beneath it: right only for an empty folder.
+    beneath it: right only for an empty folder. In an increment the folder's member is its
+    listing (a GNU dumpdir), present even when nothing changed, and an unchanged file
+    yields nothing at all; so there only a folder missing itself is hollow. (What the
+    exclusions leave out cannot change within a chain: a changed selection forces a full.)
     """
+    if increment:
+        return is_dir and count.members == 0
     if is_dir:
         return has_entries and count.members <= 1
     return count.members == 0

@@ -27,9 +27,9 @@ from tests.integration.archive_helpers import (
     wait_for,
 )
 from usbagent import naming
-from usbagent.archive import _check_tar
 from usbagent.errors import UsbagentError
 from usbagent.selection import Source, tar_command
+from usbagent.tarpipe import _check_tar
 
 
 def need_root() -> None:
@@ -98,6 +98,7 @@ def test_archive_is_complete_checksummed_recorded_and_readable_by_age(tmp_path: 
 def test_destination_inside_a_source_is_not_archived(tmp_path: Path) -> None:
     s = make_setup(tmp_path, destination=tmp_path / "data" / "backups")
     assert s.cli("archive").returncode == 0
+    (s.source / "docs" / "a.txt").write_text("changed, so the increment holds it\n")
     second = s.cli("archive")  # the first archive now lies inside the source
     assert second.returncode == 0, second.stderr
     first, newest = s.archives()

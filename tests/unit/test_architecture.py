@@ -17,11 +17,13 @@ MAX_LINES = 400
 
 LAYERS: dict[str, frozenset[str]] = {
     "model": frozenset({"errors", "events", "details", "config", "configcheck", "units"}),
-    "policy": frozenset({"naming", "chains", "plan", "retention", "devices", "tarsafety"}),
+    "policy": frozenset(
+        {"naming", "chains", "levels", "plan", "retention", "devices", "tarsafety"}
+    ),
     "platform": frozenset({"fsutil", "mounts", "watchdog", "systemd", "credentials", "dbuscall"}),
     "sources": frozenset({"backend", "sources", "udisks", "udev"}),
     "stick": frozenset({"copier", "sync", "synclocal", "syncwords"}),
-    "journal": frozenset({"journal", "state", "ledger", "outbox", "metrics"}),
+    "journal": frozenset({"journal", "state", "ledger", "outbox", "metrics", "snapshots"}),
     "health": frozenset({"health"}),
     "agent": frozenset({"agent", "decide"}),
     "notify": frozenset({"notify"}),
@@ -48,7 +50,7 @@ JOURNAL_READERS: dict[str, frozenset[str]] = {
 }  # fmt: skip
 # Not split yet (issue 10): the size each had when the limit came; none may grow.
 OVERSIZE = {
-    "agent": 584, "archive": 460, "doctor": 508, "notify": 517, "status": 611,
+    "agent": 584, "doctor": 508, "notify": 517, "status": 611,
 }  # fmt: skip
 STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
 
