@@ -247,6 +247,7 @@ def prune(config: Config, now: datetime, made: str) -> list[str]:
         log.info("retention: deleted %s", filename)
     if doomed:
         fsync_dir(destination)
+        snapshots.forget(config.agent.state_dir, [n for n in doomed if naming.parse(n)])
     return doomed
 
 

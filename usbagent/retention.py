@@ -4,9 +4,13 @@ Pure: it sees file names, the clock and (when there is one) the record of the ar
 completed runs made, nothing else, so every rule is unit-tested:
 - only names `naming.parse` recognises with our prefix are candidates (another host's
   archives in a shared folder, and anything a person put there, are never touched);
-- an archive older than `keep_days` goes, with its `.sha256` sidecar;
-- the newest archive is always kept, and so is the newest one that has its sidecar (the
-  newest *complete* one), however old: a stopped timer must not end with an empty folder;
+- it counts restore points (usbagent.chains: every archive, full or increment, is one):
+  every point made within `keep_days` is kept, and with it every archive it needs (its
+  chain's full and the increments before it), however old; an archive no kept point needs
+  goes, with its `.sha256` sidecar;
+- the newest archive is always kept, and so is the newest restore point that is whole
+  (chain complete, every member with its sidecar), however old: a stopped timer must not
+  end with an empty folder;
 - "newest" means the newest *real* one: an archive dated in the future, or one the record
   does not know, is suspect. It is never deleted and never protects itself in place of a
   real one (else one junk file dated 2099 would let every real archive age out);
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
-from usbagent import naming
+from usbagent import chains, naming
 from usbagent.details import ArchiveDetails
 from usbagent.events import Outcome
 
@@ -90,33 +94,44 @@ def plan(
     `record`: the archives completed runs recorded (None: no record to go by, then names
     alone decide, but still never a future-dated one).
 
+    Kept: every restore point made within `keep_days`, the newest real archive and the
+    newest restore point that is whole (its chain complete, every member with its sidecar),
+    each with every archive it needs, however old. Deleted: the other real archives.
+
     Archive first: a crash between the two unlinks leaves an orphan sidecar (removed next
     time), never an archive without its checksum.
     """
     present = set(filenames)
     archives = _archives(present, prefix)
     suspect = set(suspects(present, prefix, now, record))
-    real = {n: a for n, a in archives.items() if n not in suspect}
-    orphans = {
-        parsed.filename: parsed
+    real = [a for n, a in archives.items() if n not in suspect]
+    orphans = [
+        parsed
         for parsed in (naming.parse(n.removesuffix(naming.SIDECAR), prefix) for n in present)
         if parsed is not None
         and parsed.filename not in archives
         and (record is None or record.knows(parsed))
-    }
-    protected = set()
-    if real:
-        protected.add(max(real.values()).filename)
-    complete = [a for a in real.values() if a.sidecar in present]
-    if complete:
-        protected.add(max(complete).filename)
+    ]
     cutoff = now - timedelta(days=keep_days)
+    keep = chains.needed(_kept_points(real, present, cutoff))
     doomed = sorted(
-        a
-        for a in [*real.values(), *orphans.values()]
-        if a.created < cutoff and a.filename not in protected
+        [a for a in real if a.filename not in keep] + [o for o in orphans if o.created < cutoff]
     )
     out: list[str] = []
     for archive in doomed:
         out += [n for n in (archive.filename, archive.sidecar) if n in present]
     return out
+
+
+def _kept_points(
+    real: list[naming.ArchiveName], present: set[str], cutoff: datetime
+) -> list[chains.RestorePoint]:
+    """The restore points retention keeps (see `plan`)."""
+    points = chains.restore_points(real)
+    kept = [p for p in points if p.archive.created >= cutoff]
+    if points:
+        kept.append(points[-1])  # the newest real archive
+    whole = [p for p in points if p.complete and all(m.sidecar in present for m in p.members)]
+    if whole:
+        kept.append(whole[-1])
+    return kept

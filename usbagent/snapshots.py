@@ -3,14 +3,14 @@ state dir (the journal's part for it: no other module writes there).
 
 Layout, under `<state_dir>/snapshots/`, per archive file name NAME:
   NAME.snar          the snapshot tar wrote while making NAME, byte for byte
-  NAME.snar.json     {"sha256": of NAME.snar, "selection": the tar selection it was made with}
+  NAME.snar.json     {"archive": NAME, "sha256": of NAME.snar, "selection": what tar selected}
 
 An increment never lets tar touch a committed snapshot: tar updates a copy,
 `NAME.snar.partial` of the archive being made (`begin`), which gets its final name only
 after the archive and its sidecar have theirs (`commit`). A failed or killed run leaves the
 previous archive's snapshot in force; its partial is removed by the next run (`prepare`,
-under the destination's lock). The digest tells a snapshot that
-was damaged or replaced (read as "unreadable") from the one committed with its archive,
+under the destination's lock). The name and digest tell a snapshot
+that was damaged or swapped (read as "unreadable") from the one committed with its archive,
 and the selection tells one made with other sources or exclusions (a full then).
 """
 
@@ -66,7 +66,11 @@ def state(state_dir: Path, archive: str, selection: str) -> SnapshotState:
         return "missing"
     try:
         meta = json.loads(_meta(snapshot).read_text())
-        intact = isinstance(meta, dict) and meta.get("sha256") == _digest(snapshot)
+        intact = (
+            isinstance(meta, dict)
+            and meta.get("archive") == archive
+            and meta.get("sha256") == _digest(snapshot)
+        )
     except (OSError, ValueError):
         return "unreadable"
     if not intact:
@@ -114,7 +118,7 @@ def commit(state_dir: Path, archive: str, selection: str) -> None:
     partial = _partial(snapshot)
     with partial.open("rb+") as f:
         os.fsync(f.fileno())
-    meta = {"sha256": _digest(partial), "selection": selection}
+    meta = {"archive": archive, "sha256": _digest(partial), "selection": selection}
     write_atomic(_meta(snapshot), (json.dumps(meta, sort_keys=True) + "\n").encode())
     partial.rename(snapshot)
     fsync_dir(snapshot.parent)

@@ -145,3 +145,53 @@ def test_the_record_comes_from_archive_outcomes_of_the_history() -> None:
     record = retention.record_from(history, {name(80).filename: older})
     assert record is not None and record.since == older
     assert record.knows(name(80)) and not record.knows(name(85)) and record.knows(name(95))
+
+
+def inc(days_ago: float, level: int, full_days_ago: float) -> naming.ArchiveName:
+    return naming.make(
+        P, NOW - timedelta(days=days_ago), level, NOW - timedelta(days=full_days_ago)
+    )
+
+
+def test_a_kept_increment_keeps_its_whole_chain_however_old() -> None:
+    old_full = name(40)
+    full, inc1, inc2 = name(20), inc(19, 1, 20), inc(10, 2, 20)  # only inc2 within 14 days
+    files = with_sidecars(old_full, full, inc1, inc2)
+    assert retention.plan(files, P, NOW, keep_days=14) == [old_full.filename, old_full.sidecar]
+
+
+def test_a_chain_goes_whole_once_no_kept_point_needs_it() -> None:
+    old = [name(30), inc(29, 1, 30), inc(28, 2, 30)]
+    new = [name(13), inc(12, 1, 13)]
+    files = with_sidecars(*old, *new)
+    assert retention.plan(files, P, NOW, keep_days=14) == with_sidecars(*old)
+
+
+def test_keep_days_counts_restore_points_not_archives() -> None:
+    """14 nightly points with a full every 7 days: the points of the last 14 days need the
+    full from 20 days ago (its chain reaches into the window); the chain before goes."""
+    levels = {d: (27 - d) % 7 for d in range(28)}  # fulls 27, 20, 13 and 6 days ago
+    nights = [inc(d, k, d + k) if k else name(d) for d, k in sorted(levels.items())]
+    files = with_sidecars(*nights)
+    doomed = set(retention.plan(files, P, NOW, keep_days=14))
+    kept = [n for n in nights if n.filename not in doomed]
+    assert min(kept).created == NOW - timedelta(days=20)  # the full of the oldest kept chain
+    assert all(n.created < NOW - timedelta(days=20) for n in nights if n.filename in doomed)
+
+
+def test_the_newest_whole_restore_point_is_kept_with_its_chain_when_all_are_old() -> None:
+    chain = [name(40), inc(39, 1, 40), inc(38, 2, 40)]
+    broken = [name(30), inc(28, 2, 30)]  # level 1 gone: no point of it beyond its full is whole
+    older = name(50)
+    files = [*with_sidecars(older, *chain, *broken)]
+    doomed = retention.plan(files, P, NOW, keep_days=14)
+    # the newest archive (broken inc2) and what of its chain is there stay; so does the
+    # newest whole point: the full of day 30; the chain of day 40 is no longer needed
+    assert doomed == [*with_sidecars(older, *chain)]
+
+
+def test_an_unrecorded_increment_is_a_suspect_and_protects_no_chain() -> None:
+    full, made_by_hand = name(30), inc(29, 1, 30)
+    files = with_sidecars(full, made_by_hand, name(1))
+    doomed = retention.plan(files, P, NOW, keep_days=14, record=recorded(full, name(1)))
+    assert doomed == [full.filename, full.sidecar]
