@@ -7,9 +7,10 @@ source lies in the destination and no two overlap (usbagent.selection), GNU tar 
 and encryption actually round-trips (a throwaway key encrypts and decrypts a
 probe, and the configured recipients are accepted by the encryptor).
 
-Free space is an estimate (`space_needed`): 1.25 x the newest archive of ours when there is
-one (data grows), else half the apparent size of the sources (first run; typical data
-compresses at least 2:1, and incompressible data fails cleanly at ENOSPC, partial removed).
+Free space is an estimate (`space_needed`): 1.25 x the newest full archive of ours when
+there is one (data grows; any night may have to be a full, see usbagent.levels), else half
+the apparent size of the sources (first run; typical data compresses at least 2:1, and
+incompressible data fails cleanly at ENOSPC, partial removed).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from usbagent.fsutil import special_kind, unwritable
 from usbagent.recipients import Recipient, load_recipients
 from usbagent.units import human_bytes
 
-GROWTH = 1.25  # room for the next archive, relative to the newest one
+GROWTH = 1.25  # room for the next archive, relative to the newest full one
 FIRST_RUN_FRACTION = 0.5  # room relative to the sources' size when there is no archive yet
 MIN_FREE = 1024 * 1024
 TAR_MIN_VERSION = (1, 28)  # --sort=name
@@ -49,10 +50,10 @@ class Ready:
     stale_partials: tuple[Path, ...]  # our leftovers from a killed run, removed under the lock
 
 
-def space_needed(newest_archive: int | None, source_bytes: int) -> int:
+def space_needed(newest_full: int | None, source_bytes: int) -> int:
     """Bytes the destination must have free for the next archive (pure, see module doc)."""
-    if newest_archive is not None:
-        return max(MIN_FREE, int(newest_archive * GROWTH))
+    if newest_full is not None:
+        return max(MIN_FREE, int(newest_full * GROWTH))
     return max(MIN_FREE, int(source_bytes * FIRST_RUN_FRACTION))
 
 
@@ -175,8 +176,10 @@ def stale_partials(destination: Path, prefix: str) -> list[Path]:
     return sorted(out)
 
 
-def newest_archive_size(destination: Path, prefix: str) -> int | None:
-    names = [n for n in (naming.parse(e.name, prefix) for e in destination.iterdir()) if n]
+def newest_full_size(destination: Path, prefix: str) -> int | None:
+    """The size of the newest full archive of ours (an increment says nothing of a full)."""
+    parsed = (naming.parse(e.name, prefix) for e in destination.iterdir())
+    names = [n for n in parsed if n is not None and n.is_full]
     for name in sorted(names, reverse=True):
         try:
             return (destination / name.filename).stat().st_size
@@ -209,7 +212,7 @@ def apparent_size(sources: tuple[Path, ...]) -> int:
 
 def check_space(config: Config, partials: list[Path], walk_sources: bool = True) -> None:
     destination = config.archive.destination
-    newest = newest_archive_size(destination, config.archive_prefix)
+    newest = newest_full_size(destination, config.archive_prefix)
     walk = newest is None and walk_sources
     sources = apparent_size(config.archive.sources) if walk else 0
     need = space_needed(newest, sources)
@@ -219,7 +222,7 @@ def check_space(config: Config, partials: list[Path], walk_sources: bool = True)
         if need == MIN_FREE:  # the rule asked for less (or status did not walk the sources)
             basis = "the least usbagent starts an archive with"
         elif newest is not None:
-            basis = "1.25 x the newest archive"
+            basis = "1.25 x the newest full archive"
         else:
             basis = "half the sources' size"
         raise UsbagentError(

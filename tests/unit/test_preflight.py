@@ -183,8 +183,15 @@ def test_space_is_judged_by_the_newest_archive_and_stale_partials_count_as_free(
     with tmpfs(tmp_path / "small", "size=4M") as small:
         cfg = setup(tmp_path, destination=small, data_mib=20)
         archive_file(small, 3 * MIB)  # the next one needs ~3.75 MiB: not there
-        with pytest.raises(UsbagentError, match=r"\(1.25 x the newest archive\)"):
+        with pytest.raises(UsbagentError, match=r"\(1.25 x the newest full archive\)"):
             preflight.check(cfg)
+        tiny = naming.make(
+            PREFIX, datetime(2026, 1, 2, tzinfo=UTC), 1, datetime(2026, 1, 1, tzinfo=UTC)
+        )
+        (small / tiny.filename).write_bytes(b"\0")  # a newer, tiny increment: tonight may
+        with pytest.raises(UsbagentError, match=r"about 3.8 MiB"):  # still be a full
+            preflight.check(cfg)
+        (small / tiny.filename).unlink()
         archive_file(small, 0)  # the same name, now tiny: plenty of room
         stale = archive_file(small, 3 * MIB, partial=True)  # ... and a stale 3 MiB partial
         ready = preflight.check(cfg)

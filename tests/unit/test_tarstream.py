@@ -95,3 +95,16 @@ def test_a_source_with_content_must_yield_more_than_itself() -> None:
     assert not yielded_nothing(count(1), is_dir=True, has_entries=False)  # an empty folder
     assert yielded_nothing(count(0), is_dir=False, has_entries=False)  # a file, excluded
     assert not yielded_nothing(count(1), is_dir=False, has_entries=False)
+
+
+def test_an_increment_is_hollow_only_when_a_folder_source_lacks_its_own_listing() -> None:
+    """An unchanged night: the folder yields its listing (one 'D' member) and an unchanged
+    file nothing; both are right. A folder source without even its listing is not there."""
+
+    def count(members: int) -> SourceCount:
+        return SourceCount("/data", members, 0)
+
+    assert not yielded_nothing(count(1), is_dir=True, has_entries=True, increment=True)
+    assert not yielded_nothing(count(0), is_dir=False, has_entries=False, increment=True)
+    assert yielded_nothing(count(0), is_dir=True, has_entries=True, increment=True)
+    assert yielded_nothing(count(0), is_dir=True, has_entries=False, increment=True)
