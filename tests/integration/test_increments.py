@@ -348,3 +348,24 @@ def test_a_source_remounted_with_new_device_numbers_is_still_a_small_increment(
     standard_restore(chain_files(s), s.identity, tmp_path / "r")
     restored = tree(tmp_path / "r" / str(mnt / "data").lstrip("/"))
     assert restored == tree(mnt / "data") and len(restored) == 21
+
+
+def test_retention_keeps_the_chain_a_kept_increment_needs_and_prunes_old_chains_whole(
+    tmp_path: Path,
+) -> None:
+    s = make_setup(tmp_path, keep_days=14, full_every_days=30)
+    night(s)
+    night(s)
+    shift(s, -timedelta(days=20))  # full and inc1 are 20 days old, beyond keep_days
+    inc2, told = night(s)
+    assert inc2.level == 2 and told["details"]["pruned"] == []
+    assert len(s.archives()) == 3
+    assert len(snapshots.described(s.state_dir)) == 3
+
+    shift(s, -timedelta(days=20))  # now the whole chain is old: a full is due
+    old = [p.name for p in s.archives()]
+    made, told = night(s)
+    assert made.is_full and told["details"]["full_because"] == "due"
+    assert [p.name for p in s.archives()] == [made.filename]
+    assert told["details"]["pruned"] == [f for n in old for f in (n, n + naming.SIDECAR)]
+    assert snapshots.described(s.state_dir) == [made.filename]
