@@ -25,7 +25,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "stick": frozenset({"copier", "sync", "synclocal", "syncwords"}),
     "journal": frozenset({"journal", "state", "ledger", "outbox", "metrics"}),
     "health": frozenset({"health"}),
-    "agent": frozenset({"agent", "decide"}),
+    "agent": frozenset({"agent", "decide", "stickjob", "agentstatus"}),
     "notify": frozenset({"notify", "missed", "delivery", "asuser"}),
 }
 # Modules and libraries that do I/O: policy may import none of them.
@@ -50,7 +50,7 @@ JOURNAL_READERS: dict[str, frozenset[str]] = {
 }  # fmt: skip
 # Not split yet (issue 10): the size each had when the limit came; none may grow.
 OVERSIZE = {
-    "agent": 584, "archive": 460, "config": 417, "doctor": 508, "status": 611,
+    "archive": 460, "config": 417, "doctor": 508, "status": 611,
 }  # fmt: skip
 STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
 
@@ -177,8 +177,9 @@ def test_the_agents_decision_core_does_no_io() -> None:
 def test_the_daemon_imports_no_command() -> None:
     """The agent judges freshness with `health`, as `status` does, not through `status`."""
     bad = [
-        f"agent.py:{line} imports {name}"
-        for name, _, line in imported("agent")
+        f"{m}.py:{line} imports {name}"
+        for m in sorted(LAYERS["agent"])
+        for name, _, line in imported(m)
         if ours(name) and layer_of(name) == "commands"
     ]
     assert bad == []
