@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from tests.integration.dbus_doubles import LogindSession, private_system_bus, start_logind
-from usbagent import notify, outbox, status
+from usbagent import asuser, notify, outbox, status
 from usbagent.config import AgentConfig, Config
 from usbagent.events import Outcome
 
@@ -151,7 +151,7 @@ def system_bus() -> Iterator[str]:
 
 @pytest.fixture
 def config(tmp_path: Path, desktop: Desktop, monkeypatch: pytest.MonkeyPatch) -> Config:
-    monkeypatch.setenv(notify.RUNTIME_ROOT_ENV, str(desktop.runtime_root))
+    monkeypatch.setenv(asuser.RUNTIME_ROOT_ENV, str(desktop.runtime_root))
     return Config(agent=AgentConfig(state_dir=tmp_path / "state"))
 
 

@@ -18,13 +18,15 @@ MAX_LINES = 400
 LAYERS: dict[str, frozenset[str]] = {
     "model": frozenset({"errors", "events", "details", "config", "units"}),
     "policy": frozenset({"naming", "chains", "plan", "retention", "devices", "tarsafety"}),
-    "platform": frozenset({"fsutil", "mounts", "watchdog", "systemd", "credentials", "dbuscall"}),
+    "platform": frozenset(
+        {"fsutil", "mounts", "watchdog", "systemd", "credentials", "dbuscall", "logind"}
+    ),
     "sources": frozenset({"backend", "sources", "udisks", "udev"}),
     "stick": frozenset({"copier", "sync", "synclocal", "syncwords"}),
     "journal": frozenset({"journal", "state", "ledger", "outbox", "metrics"}),
     "health": frozenset({"health"}),
-    "agent": frozenset({"agent", "decide"}),
-    "notify": frozenset({"notify"}),
+    "agent": frozenset({"agent", "decide", "stickjob", "agentstatus"}),
+    "notify": frozenset({"notify", "missed", "delivery", "asuser"}),
 }
 # Modules and libraries that do I/O: policy may import none of them.
 IO_MODULES = frozenset(
@@ -48,7 +50,7 @@ JOURNAL_READERS: dict[str, frozenset[str]] = {
 }  # fmt: skip
 # Not split yet (issue 10): the size each had when the limit came; none may grow.
 OVERSIZE = {
-    "agent": 584, "archive": 460, "config": 417, "doctor": 508, "notify": 517, "status": 611,
+    "archive": 460, "config": 417, "doctor": 508, "status": 611,
 }  # fmt: skip
 STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
 
@@ -175,8 +177,9 @@ def test_the_agents_decision_core_does_no_io() -> None:
 def test_the_daemon_imports_no_command() -> None:
     """The agent judges freshness with `health`, as `status` does, not through `status`."""
     bad = [
-        f"agent.py:{line} imports {name}"
-        for name, _, line in imported("agent")
+        f"{m}.py:{line} imports {name}"
+        for m in sorted(LAYERS["agent"])
+        for name, _, line in imported(m)
         if ours(name) and layer_of(name) == "commands"
     ]
     assert bad == []
@@ -189,6 +192,18 @@ def test_sources_never_import_stick_agent_or_commands() -> None:
         for m in sorted(LAYERS["sources"])
         for name, _, line in imported(m)
         if name in banned
+    ]
+    assert bad == []
+
+
+def test_the_user_side_helper_imports_nothing_of_the_root_side() -> None:
+    """`asuser` runs as the desktop user: it gets the note it shows and the D-Bus call
+    helper, never the agent's config, journal or delivery code (the privilege boundary)."""
+    allowed = {"outbox", "dbuscall"}
+    bad = [
+        f"asuser.py:{line} imports {name}"
+        for name, _, line in imported("asuser")
+        if ours(name) and name not in allowed
     ]
     assert bad == []
 

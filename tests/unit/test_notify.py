@@ -1,4 +1,4 @@
-"""What the desktop is told, and when (pure parts of usbagent.notify and the outbox)."""
+"""What the desktop is told, and when (pure parts of notify, missed, logind and the outbox)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from usbagent import notify, outbox
+from usbagent import logind, missed, notify, outbox
 from usbagent.events import Kind, Outcome
 from usbagent.outbox import CRITICAL, NORMAL, Note
 
@@ -61,7 +61,7 @@ def note(i: int, urgency: int = NORMAL) -> Note:
 
 
 def test_few_missed_notes_are_shown_singly_with_their_time() -> None:
-    shown = notify.missed([note(1), note(2, CRITICAL)])
+    shown = missed.missed([note(1), note(2, CRITICAL)])
     assert [n.summary for n in shown] == [
         "Missed while you were away: summary 1",
         "Missed while you were away: summary 2",
@@ -71,7 +71,7 @@ def test_few_missed_notes_are_shown_singly_with_their_time() -> None:
 
 def test_many_missed_notes_become_one_digest_newest_first() -> None:
     notes = [note(i, CRITICAL if i == 0 else NORMAL) for i in range(8)]
-    (digest,) = notify.missed(notes)
+    (digest,) = missed.missed(notes)
     assert digest.summary == "Missed while you were away: 8 backup notifications"
     assert digest.urgency == CRITICAL  # the worst of them, even if not among the lines shown
     lines = digest.body.splitlines()
@@ -89,7 +89,7 @@ def test_many_missed_notes_become_one_digest_newest_first() -> None:
     ],
 )
 def test_is_graphical(props: dict[str, str], graphical: bool) -> None:
-    assert notify.is_graphical(props) is graphical
+    assert logind.is_graphical(props) is graphical
 
 
 def test_outbox_keeps_bounded_and_discards_only_what_was_delivered(tmp_path: Path) -> None:
