@@ -48,7 +48,7 @@ JOURNAL_READERS: dict[str, frozenset[str]] = {
 }  # fmt: skip
 # Not split yet (issue 10): the size each had when the limit came; none may grow.
 OVERSIZE = {
-    "agent": 584, "archive": 460, "config": 417, "doctor": 508, "notify": 517, "status": 611,
+    "agent": 584, "archive": 460, "config": 417, "notify": 517,
 }  # fmt: skip
 STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from usbagent import naming, outbox, state, status, systemd
+from usbagent import health, naming, outbox, state, status, statuschecks, statusfacts, systemd
 from usbagent.config import AgentConfig, Config
 from usbagent.events import Kind, Outcome
-from usbagent.status import CRITICAL, OK, UNKNOWN, WARNING, ArchiveFile, Check, Facts, Heartbeat
+from usbagent.health import CRITICAL, OK, UNKNOWN, WARNING, ArchiveFile, Check
+from usbagent.statusfacts import Facts, Heartbeat
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CONFIG = Config(agent=AgentConfig(stale_after_hours=26, usb_stale_after_days=7))
@@ -75,7 +76,7 @@ def healthy() -> Facts:
             pid=42, time=NOW - timedelta(seconds=5), status="idle", alive=True, source_alive=True
         ),
         sticks=(
-            status.Stick(
+            statusfacts.Stick(
                 uuid="1234-abcd",
                 label="SOVB",
                 last_ok_sync=hours_ago(20),
@@ -94,12 +95,12 @@ def healthy() -> Facts:
 
 
 def checks_of(facts: Facts) -> dict[str, Check]:
-    return {c.name: c for c in status.evaluate(facts, CONFIG, NOW)}
+    return {c.name: c for c in statuschecks.evaluate(facts, CONFIG, NOW)}
 
 
 def test_healthy_system_is_ok_with_every_fact_in_the_messages() -> None:
-    checks = status.evaluate(healthy(), CONFIG, NOW)
-    assert status.overall(checks) == OK, checks
+    checks = statuschecks.evaluate(healthy(), CONFIG, NOW)
+    assert statuschecks.overall(checks) == OK, checks
     by_name = {c.name: c for c in checks}
     assert NAME in by_name["archive"].message and "10 h 0 min old" in by_name["archive"].message
     assert "123.0 MiB" in by_name["archive"].message
@@ -118,7 +119,7 @@ def test_the_failure_this_project_exists_for_active_timer_but_no_fresh_archive()
     assert "30 h 0 min old" in checks["archive"].message
     assert "usbagent-archive.timer is enabled and active" in checks["archive"].message
     assert checks["archive-timer"].state == OK  # systemd alone would look healthy
-    assert status.overall(list(checks.values())) == CRITICAL
+    assert statuschecks.overall(list(checks.values())) == CRITICAL
     assert status.EXIT[CRITICAL] == 2
 
 
@@ -154,7 +155,7 @@ def test_without_systemd_the_timer_is_reported_but_not_unknown() -> None:
     checks = checks_of(facts)
     assert checks["archive-timer"].state == OK
     assert "systemd not available (System has not been booted" in checks["archive-timer"].message
-    assert status.overall(list(checks.values())) == OK
+    assert statuschecks.overall(list(checks.values())) == OK
 
 
 def test_disabled_or_missing_timer_is_a_warning() -> None:
@@ -206,7 +207,7 @@ def test_unit_failed_record_newer_than_last_good_archive_is_critical_with_the_re
     assert checks["archive-job"].state == CRITICAL
     assert "203/EXEC" in checks["archive-job"].message
     assert checks["last-error"].state == CRITICAL
-    assert status.overall(list(checks.values())) == CRITICAL
+    assert statuschecks.overall(list(checks.values())) == CRITICAL
 
 
 def test_unit_failed_older_than_a_good_archive_is_resolved() -> None:
@@ -316,7 +317,7 @@ def test_pending_notifications() -> None:
 
 def test_checks_are_sorted_worst_first_and_text_leads_with_the_worst() -> None:
     facts = replace(healthy(), archives=(), sticks=())
-    checks = status.evaluate(facts, CONFIG, NOW)
+    checks = statuschecks.evaluate(facts, CONFIG, NOW)
     assert [c.state for c in checks][:2] == [CRITICAL, WARNING]
     text = status.render_text(checks)
     assert text.splitlines()[0].startswith(
@@ -331,16 +332,16 @@ def test_checks_are_sorted_worst_first_and_text_leads_with_the_worst() -> None:
      ([UNKNOWN, CRITICAL], CRITICAL), ([], UNKNOWN)],
 )  # fmt: skip
 def test_overall(states: list[str], worst: str) -> None:
-    assert status.overall([Check("x", s, "") for s in states]) == worst
+    assert statuschecks.overall([Check("x", s, "") for s in states]) == worst
 
 
 def test_age_and_size_formatting() -> None:
-    assert status.age(timedelta(seconds=45)) == "45 s"
-    assert status.age(timedelta(minutes=12)) == "12 min"
-    assert status.age(timedelta(hours=5, minutes=3)) == "5 h 3 min"
-    assert status.age(timedelta(days=3, hours=4)) == "3 d 4 h"
-    assert status.size(512) == "512 B"
-    assert status.size(5 * 2**40) == "5.0 TiB"
+    assert health.age(timedelta(seconds=45)) == "45 s"
+    assert health.age(timedelta(minutes=12)) == "12 min"
+    assert health.age(timedelta(hours=5, minutes=3)) == "5 h 3 min"
+    assert health.age(timedelta(days=3, hours=4)) == "3 d 4 h"
+    assert health.size(512) == "512 B"
+    assert health.size(5 * 2**40) == "5.0 TiB"
 
 
 def test_parse_systemctl_show_blocks() -> None:
