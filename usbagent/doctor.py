@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from usbagent.config import Config
 from usbagent.doctorbase import Finding, Locations
+from usbagent.doctorchains import check_chain_restores, check_snapshots
 from usbagent.doctorfiles import (
     check_destination_fs,
     check_identity,
@@ -49,6 +50,8 @@ def diagnose(config: Config, locs: Locations) -> list[Finding]:
         lambda: check_device_events(config, locs),
         lambda: check_tools(locs),
         lambda: check_state_files(config),
+        lambda: check_chain_restores(config),
+        lambda: check_snapshots(config),
     ]
     findings: list[Finding] = []
     for probe in probes:

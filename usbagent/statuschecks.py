@@ -25,6 +25,9 @@ from usbagent.health import (
     age,
     archive_problem,
     check_archive,
+    check_chains,
+    check_full_age,
+    full_every_days,
     size,
 )
 from usbagent.statusfacts import Facts, Stick
@@ -349,6 +352,8 @@ def evaluate(facts: Facts, config: Config, now: datetime) -> list[Check]:
             _timer_active(facts.units),
         ),
         check_archive_files(facts.archives, facts.destination, facts.last_ok.get("archive")),
+        check_chains(facts.archives, facts.recorded, facts.destination),
+        check_full_age(facts.archives, full_every_days(config), now),
         check_next_run(facts.next_run_problem),
         check_archive_job(facts),
         check_timer(facts.units, facts.systemd_problem),

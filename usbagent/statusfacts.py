@@ -71,6 +71,8 @@ class Facts:
     # why the archive job's own preflight refuses to run now (None: it passes): the next
     # nightly run would fail with exactly this line
     next_run_problem: str | None = None
+    # every archive a successful run recorded, present or not: a chain member gone is seen
+    recorded: frozenset[str] = frozenset()
 
 
 def _time(value: Any) -> datetime | None:
@@ -185,4 +187,5 @@ def gather(config: Config) -> Facts:
         pending=tuple(outbox.pending(state_dir)),
         unit_failures=history.unit_failures,
         next_run_problem=next_run_problem(config),
+        recorded=frozenset(history.archives),
     )

@@ -17,7 +17,9 @@ MAX_LINES = 400
 
 LAYERS: dict[str, frozenset[str]] = {
     "model": frozenset({"errors", "events", "details", "config", "units"}),
-    "policy": frozenset({"naming", "chains", "plan", "retention", "devices", "tarsafety"}),
+    "policy": frozenset(
+        {"naming", "chains", "chainhealth", "plan", "retention", "devices", "tarsafety"}
+    ),
     "platform": frozenset({"fsutil", "mounts", "watchdog", "systemd", "credentials", "dbuscall"}),
     "sources": frozenset({"backend", "sources", "udisks", "udev"}),
     "stick": frozenset({"copier", "sync", "synclocal", "syncwords"}),

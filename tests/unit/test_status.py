@@ -420,3 +420,114 @@ def test_known_archives_come_from_the_journal_and_from_successful_outcomes() -> 
     known = state.known_archives(journal, outcomes)
     assert sorted(known) == ["a", "b"]
     assert known["a"].size == 7
+
+
+# --- chains (issue 11) -------------------------------------------------------------------
+
+
+def made_inc(created: datetime, level: int, full: datetime, **changes: object) -> ArchiveFile:
+    """An increment as a successful run left it; `changes` made to the file afterwards."""
+    name = naming.make("host", created, level, full).filename
+    record = state.ArchiveRecord(name, 2**20, DIGEST, created + timedelta(minutes=1))
+    return replace(ArchiveFile(name, created, 2**20, record, DIGEST), **changes)
+
+
+def nights(*levels_ago: tuple[int, float]) -> tuple[ArchiveFile, ...]:
+    """A chain whose full was made `full_h` hours ago, then one increment per (level, hours
+    ago) pair; newest first, as `gather` lists them."""
+    (_, full_h), *incs = levels_ago
+    files = [made(hours_ago(full_h))] + [
+        made_inc(hours_ago(h), level, hours_ago(full_h)) for level, h in incs
+    ]
+    return tuple(sorted(files, key=lambda a: a.created, reverse=True))
+
+
+def test_freshness_counts_an_increment_as_a_restore_point() -> None:
+    """A week of increments on a 6-day-old full is fresh: last night's increment counts."""
+    archives = nights((0, 6 * 24 + 10), (1, 5 * 24 + 10), (2, 4 * 24 + 10), (3, 10))
+    checks = checks_of(replace(healthy(), archives=archives))
+    assert checks["archive"].state == OK, checks["archive"]
+    assert archives[0].name in checks["archive"].message
+    assert "(increment 3 on host-" in checks["archive"].message
+    assert checks["archive"].to_json()["newest"] == archives[0].name
+    assert checks["archive-chains"].state == OK
+    assert checks["full-archive"].state == OK
+
+
+def test_a_recorded_member_gone_is_critical_naming_it_and_the_points_it_breaks() -> None:
+    whole = nights((0, 58), (1, 34), (2, 10))
+    gone = whole[1]  # level 1
+    facts = replace(
+        healthy(), archives=(whole[0], whole[2]), recorded=frozenset(a.name for a in whole)
+    )
+    checks = checks_of(facts)
+    chain = checks["archive-chains"]
+    assert chain.state == CRITICAL
+    assert chain.message.startswith(
+        f"chain member {gone.name} is gone (a successful run recorded it): 1 restore point(s) "
+        f"cannot be restored ({whole[0].name})"
+    ), chain.message
+    assert "run `usbagent archive` now: it starts a new full" in chain.message
+    assert chain.to_json()["broken"] == [
+        {"chain": whole[2].name, "level": 1, "failure": "gone", "files": [gone.name],
+         "breaks": [whole[0].name]}
+    ]  # fmt: skip
+    # freshness is judged from the newest point that restores: the 58 h old full
+    assert checks["archive"].state == CRITICAL and whole[2].name in checks["archive"].message
+    assert statuschecks.overall(list(checks.values())) == CRITICAL
+    assert checks_of(replace(facts, archives=whole))["archive-chains"].state == OK
+
+
+def test_a_member_failing_its_sidecar_breaks_the_later_points() -> None:
+    whole = nights((0, 34), (1, 22), (2, 10))
+    damaged = replace(whole[1], sidecar="cd" * 32)
+    checks = checks_of(replace(healthy(), archives=(whole[0], damaged, whole[2])))
+    chain = checks["archive-chains"]
+    assert chain.state == CRITICAL
+    assert chain.message.startswith(
+        f"chain member {damaged.name} fails its sidecar: it states another sha256"
+    )
+    assert f"({whole[0].name})" in chain.message
+    assert checks["archive"].state == CRITICAL  # the full is 34 h old: nothing fresh restores
+
+
+def test_increments_without_their_full_are_no_backup() -> None:
+    whole = nights((0, 34), (1, 10))
+    checks = checks_of(replace(healthy(), archives=(whole[0],)))
+    assert checks["archive"].state == CRITICAL
+    assert "none with its whole chain: see archive-chains" in checks["archive"].message
+    assert checks["archive-chains"].message.startswith(
+        f"chain member {whole[1].name} is missing (no file, no record)"
+    )
+
+
+def test_an_older_chain_broken_is_mended_from_a_stick_not_by_a_new_full() -> None:
+    old = nights((0, 8 * 24), (1, 7 * 24), (2, 6 * 24))
+    current = nights((0, 34), (1, 10))
+    facts = replace(
+        healthy(),
+        archives=(*current, old[0], old[2]),
+        recorded=frozenset(a.name for a in old + current),
+    )
+    checks = checks_of(facts)
+    chain = checks["archive-chains"]
+    assert chain.state == CRITICAL and old[1].name in chain.message
+    assert "it starts a new full" not in chain.message
+    assert f"copy {old[1].name} and its sidecar back into /data/backups" in chain.message
+    assert "otherwise these restore points are lost" in chain.message
+    assert checks["archive"].state == OK and current[0].name in checks["archive"].message
+
+
+def test_a_newest_full_older_than_twice_full_every_days_is_a_warning_naming_its_age() -> None:
+    full_h = 14 * 24 + 11  # the default full_every_days is 7
+    archives = nights((0, full_h), *((n, full_h - 24 * n) for n in range(1, 15)))
+    checks = checks_of(replace(healthy(), archives=archives))
+    assert checks["archive"].state == OK  # last night's increment is fresh
+    full = checks["full-archive"]
+    assert full.state == WARNING
+    assert full.message.startswith(f"newest full archive {archives[-1].name} is 14 d 11 h old")
+    assert "due every 7 d, archive.full_every_days" in full.message
+    assert "its chain holds 15 archives" in full.message
+    assert statuschecks.overall(list(checks.values())) == WARNING
+    younger = (*archives[:-1], made(hours_ago(13 * 24)))
+    assert checks_of(replace(healthy(), archives=younger))["full-archive"].state == OK
