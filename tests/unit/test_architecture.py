@@ -17,7 +17,9 @@ MAX_LINES = 400
 
 LAYERS: dict[str, frozenset[str]] = {
     "model": frozenset({"errors", "events", "details", "config", "units"}),
-    "policy": frozenset({"naming", "chains", "plan", "retention", "devices", "tarsafety"}),
+    "policy": frozenset(
+        {"naming", "chains", "chainhealth", "plan", "retention", "devices", "tarsafety"}
+    ),
     "platform": frozenset(
         {"fsutil", "mounts", "watchdog", "systemd", "credentials", "dbuscall", "logind"}
     ),
@@ -50,7 +52,7 @@ JOURNAL_READERS: dict[str, frozenset[str]] = {
 }  # fmt: skip
 # Not split yet (issue 10): the size each had when the limit came; none may grow.
 OVERSIZE = {
-    "archive": 460, "config": 417, "doctor": 508, "status": 611,
+    "archive": 460, "config": 417,
 }  # fmt: skip
 STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from usbagent import status, systemd
+from usbagent import statuschecks, systemd
 
 # Captured in the Debian 12 guest (systemd 252.39-1~deb12u2) with
 # `TZ=UTC LC_ALL=C systemctl show --timestamp=unix TIMER SERVICE -p ...`: the timer's
@@ -39,7 +39,7 @@ def test_status_shows_the_timer_runs_systemd_252_reports() -> None:
             strict=True,
         )
     )
-    check = status.check_timer(units, None)
+    check = statuschecks.check_timer(units, None)
     assert check.message == ("active; last run 2026-12-01 22:03 UTC, next 2026-12-02 02:00 UTC"), (
         check.message
     )
