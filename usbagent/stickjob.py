@@ -76,8 +76,10 @@ def device_exists(p: Partition) -> Callable[[], bool]:
     return lambda: bool(p.device) and Path(p.device).exists()
 
 
-def facts(p: Partition) -> dict[str, str]:
-    return {"label": p.label or p.part_name, "uuid": p.uuid, "device": p.device, "fstype": p.fstype}
+def facts(p: Partition) -> dict[str, object]:
+    """Which stick an outcome of the agent's own (recognised, check or mount failed) is about."""
+    label = p.label or p.part_name
+    return SyncDetails(label=label, uuid=p.uuid, fstype=p.fstype, device=p.device).to_json()
 
 
 def in_thread(fn: Callable[[], T]) -> asyncio.Future[T]:

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 
 from usbagent import journal, state
 from usbagent.config import Config
-from usbagent.details import unit_of
+from usbagent.details import UnitDetails
 from usbagent.events import Outcome
 
 log = logging.getLogger(__name__)
@@ -152,18 +152,23 @@ def outcome_for(unit: str, env: Mapping[str, str]) -> Outcome | None:
         if env["SERVICE_RESULT"] == "success":
             return None
         props = props_from_env(env)
-        details = {"unit": unit, "via": "ExecStopPost", **props}
-        return Outcome("unit-failed", ok=False, summary=describe(unit, props), details=details)
+        details = UnitDetails(unit, "ExecStopPost", systemd=props)
+        summary = describe(unit, props)
+        return Outcome("unit-failed", ok=False, summary=summary, details=details.to_json())
     user = user_scope(env)
     props, problem = query(unit, user)
     summary = describe(unit, props) + (f" ({problem})" if problem else "")
     restarts = props.get("NRestarts", "0")
     if restarts not in ("", "0"):  # the ExecStopPost hook reported each run; this is final
         summary += f"; systemd stopped restarting it after {restarts} restarts"
-    journal = f"journalctl {'--user ' if user else ''}-u {unit}"
-    details = {"unit": unit, "via": "OnFailure", "scope": "user" if user else "system"}
-    details |= {"journal": journal, **props}
-    return Outcome("unit-failed", ok=False, summary=summary, details=details)
+    details = UnitDetails(
+        unit,
+        "OnFailure",
+        scope="user" if user else "system",
+        journal=f"journalctl {'--user ' if user else ''}-u {unit}",
+        systemd=props,
+    )
+    return Outcome("unit-failed", ok=False, summary=summary, details=details.to_json())
 
 
 def started_at(props: Mapping[str, str], now: datetime, monotonic: float) -> datetime | None:
@@ -177,15 +182,17 @@ def started_at(props: Mapping[str, str], now: datetime, monotonic: float) -> dat
 def with_job_reason(outcome: Outcome, job: Outcome | None, started: datetime | None) -> Outcome:
     """The archive unit's failure with the reason its program recorded ("exited with status
     1" alone sends a person to the journal), when that record is from the failed run."""
+    failed = UnitDetails.of(outcome)
     if (
-        unit_of(outcome) != ARCHIVE_UNIT
+        failed is None
+        or failed.unit != ARCHIVE_UNIT
         or job is None
         or job.ok
         or started is None
         or job.time < started
     ):
         return outcome
-    details = outcome.details | {"reason": job.summary}
+    details = replace(failed, reason=job.summary).to_json()
     return replace(outcome, summary=f"{outcome.summary}: {job.summary}", details=details)
 
 
@@ -196,7 +203,9 @@ def run(config: Config | None, args: argparse.Namespace) -> int:
     if outcome is None:
         return 0
     with contextlib.suppress(OSError, ValueError):  # without the record: the bare failure
-        started = started_at(outcome.details, datetime.now(UTC), time.monotonic())
+        failed = UnitDetails.of(outcome)
+        props = failed.systemd if failed is not None else {}
+        started = started_at(props, datetime.now(UTC), time.monotonic())
         outcome = with_job_reason(outcome, state.last(config.agent.state_dir, "archive"), started)
     log.error("%s", outcome.summary)
     try:
