@@ -23,13 +23,12 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from usbagent import journal, state
+from usbagent import journal, state, systemd
 from usbagent.config import Config
 from usbagent.details import UnitDetails
 from usbagent.events import Outcome
@@ -45,6 +44,8 @@ PROPERTIES = (
     "ExecStart",
     "ExecMainStartTimestampMonotonic",
 )
+# A manager busy with the failure it just handled may be slow to answer.
+QUERY_TIMEOUT_SECONDS = 30
 # The unit whose program records why it failed (`usbagent archive` writes last/archive.json).
 ARCHIVE_UNIT = "usbagent-archive.service"
 
@@ -72,18 +73,6 @@ RESULTS = {
 # ExecMainCode is a siginfo si_code: CLD_EXITED, CLD_KILLED, CLD_DUMPED.
 CLD_EXITED = "1"
 EXIT_CODES_BY_NAME = {"exited": CLD_EXITED, "killed": "2", "dumped": "3"}
-
-
-def user_scope(env: Mapping[str, str]) -> bool:
-    explicit = env.get("USBAGENT_SYSTEMD_SCOPE", "").strip().lower()
-    if explicit in ("user", "system"):
-        return explicit == "user"
-    return "MANAGERPID" in env
-
-
-def parse_show(text: str) -> dict[str, str]:
-    """`systemctl show` output (Key=Value lines) as a dict."""
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def _signal_name(value: str) -> str:
@@ -120,15 +109,11 @@ def describe(unit: str, props: Mapping[str, str]) -> str:
 
 def query(unit: str, user: bool) -> tuple[dict[str, str], str]:
     """The unit's properties from its manager, or ({}, why not) when it cannot be asked."""
-    cmd = ["systemctl", *(["--user"] if user else []), "show", unit]
-    cmd.append("--property=" + ",".join(PROPERTIES))
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        found = systemd.show([unit], PROPERTIES, user=user, timeout=QUERY_TIMEOUT_SECONDS)
+    except systemd.SystemdUnavailable as exc:
         return {}, f"systemctl show failed: {exc}"
-    if done.returncode != 0:
-        return {}, f"systemctl show failed: {done.stderr.strip() or done.returncode}"
-    return parse_show(done.stdout), ""
+    return dict(found[unit].props), ""
 
 
 def props_from_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -155,7 +140,7 @@ def outcome_for(unit: str, env: Mapping[str, str]) -> Outcome | None:
         details = UnitDetails(unit, "ExecStopPost", systemd=props)
         summary = describe(unit, props)
         return Outcome("unit-failed", ok=False, summary=summary, details=details.to_json())
-    user = user_scope(env)
+    user = systemd.user_scope(env)
     props, problem = query(unit, user)
     summary = describe(unit, props) + (f" ({problem})" if problem else "")
     restarts = props.get("NRestarts", "0")

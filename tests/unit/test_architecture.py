@@ -165,6 +165,19 @@ def test_policy_imports_nothing_doing_io() -> None:
     assert bad == []
 
 
+def test_platform_imports_nothing_above_it() -> None:
+    """systemd, fsutil, ... serve every layer: one that imports a command (as systemd once
+    imported the failure hook for its scope rule) drags that command into status and doctor."""
+    allowed = LAYERS["model"] | LAYERS["policy"] | LAYERS["platform"]
+    bad = [
+        f"{m}.py:{line} imports {name}"
+        for m in sorted(LAYERS["platform"])
+        for name, _, line in imported(m)
+        if ours(name) and name not in allowed
+    ]
+    assert bad == []
+
+
 def test_the_agents_decision_core_does_no_io() -> None:
     """decide: event + state -> actions; only the daemon (agent) acts."""
     allowed = LAYERS["model"] | LAYERS["policy"] | {"backend"}  # backend: the Action type
