@@ -126,14 +126,10 @@ def newest_restorable(good: Iterable[ArchiveName]) -> chains.RestorePoint | None
     return chains.newest_complete(chains.restore_points(good))
 
 
-def overdue_full(
-    good: Iterable[ArchiveName], full_every_days: int, now: datetime
-) -> ArchiveName | None:
-    """The newest good full when it is older than OVERDUE_FACTOR x `full_every_days`, else
-    None (also when there is no full: then no restore point is complete, said elsewhere)."""
-    fulls = [a for a in good if a.is_full]
-    if not fulls:
-        return None
-    newest = max(fulls)
-    overdue = now - newest.created > timedelta(days=OVERDUE_FACTOR * full_every_days)
-    return newest if overdue else None
+def newest_full(good: Iterable[ArchiveName]) -> ArchiveName | None:
+    return max((a for a in good if a.is_full), default=None)
+
+
+def full_overdue(full: ArchiveName, full_every_days: int, now: datetime) -> bool:
+    """Is this (the newest) full older than OVERDUE_FACTOR x `full_every_days`?"""
+    return now - full.created > timedelta(days=OVERDUE_FACTOR * full_every_days)

@@ -178,14 +178,19 @@ def _described(f: ArchiveFile) -> str:
     return f"{f.name} (increment {parsed.level} on {full})"
 
 
-def _why_none(archives: tuple[ArchiveFile, ...]) -> str:
-    """Why files with archive names are no restorable archive (freshness names the check
-    that says more)."""
+def _none_in(archives: tuple[ArchiveFile, ...], destination: Path) -> str:
+    """That no archive in `destination` restores, and why (naming the check that says more)."""
     if good := len(_good(archives)):
-        return f" ({good} recorded archive(s), none with its whole chain: see archive-chains)"
-    if archives:
-        return f" ({len(archives)} file(s) with archive names, none of them one: see archive-files)"
-    return ""
+        return (
+            f"no restorable archive in {destination} ({good} recorded archive(s), none with "
+            "its whole chain: see archive-chains)"
+        )
+    others = (
+        f" ({len(archives)} file(s) with archive names, none of them one: see archive-files)"
+        if archives
+        else ""
+    )
+    return f"no archive a successful run recorded in {destination}{others}"
 
 
 def check_archive(
@@ -209,11 +214,7 @@ def check_archive(
         return Check("archive", CRITICAL, f"archive folder {destination} {problem}")
     newest = newest_restorable(archives)
     if newest is None:
-        return Check(
-            "archive",
-            CRITICAL,
-            f"no archive a successful run recorded in {destination}{_why_none(archives)}{despite}",
-        )
+        return Check("archive", CRITICAL, f"{_none_in(archives, destination)}{despite}")
     archive_age = now - newest.created
     data = {"newest": newest.name, "age_seconds": int(archive_age.total_seconds())}
     if archive_age > limit:
@@ -301,18 +302,23 @@ def check_full_age(archives: tuple[ArchiveFile, ...], every_days: int, now: date
     """A WARNING when the newest full is older than twice `archive.full_every_days`: fulls
     stopped coming, and each night adds to a chain that a lost member breaks whole."""
     good = _good(archives)
-    overdue = chainhealth.overdue_full(good, every_days, now)
-    if overdue is None:
-        return Check("full-archive", OK, f"a full archive at least every {2 * every_days} d")
-    newest = good[overdue]
-    held = sum(1 for a in good if a.chain == overdue.chain)
+    full = chainhealth.newest_full(good)
+    if full is None:
+        return Check("full-archive", OK, "no full archive yet (see archive)")
+    full_age = now - full.created
+    data = {"newest_full": full.filename, "age_seconds": int(full_age.total_seconds())}
+    due = f"a full is due every {every_days} d, archive.full_every_days"
+    if not chainhealth.full_overdue(full, every_days, now):
+        return Check(
+            "full-archive", OK, f"newest full archive {full.filename}, {age(full_age)} old", data
+        )
+    held = sum(1 for a in good if a.chain == full.chain)
     return Check(
         "full-archive",
         WARNING,
-        f"newest full archive {newest.name} is {age(now - newest.created)} old (a full is "
-        f"due every {every_days} d, archive.full_every_days): its chain holds {held} "
-        "archives; see the archive runs' outcomes for why no full was made",
-        {"newest_full": newest.name, "age_seconds": int((now - newest.created).total_seconds())},
+        f"newest full archive {full.filename} is {age(full_age)} old ({due}): its chain holds "
+        f"{held} archives; see the archive runs' outcomes for why no full was made",
+        data,
     )
 
 

@@ -20,7 +20,7 @@ from tests.integration.test_status_doctor import (
     heartbeat,
     synced_stick,
 )
-from usbagent import journal, naming
+from usbagent import health, journal, naming
 from usbagent.events import Outcome
 
 deployment = shared.deployment  # the fixtures, shared with the status/doctor tests
@@ -160,3 +160,18 @@ def test_doctor_flags_a_snapshot_of_no_archive_and_a_missing_full(
         f"restore point(s) {names[1]}, {names[2]} cannot be restored. Fix: run `usbagent archive`"
     ), chain_line
     assert r.stdout.splitlines()[-1] == "doctor: 2 problem(s) found"
+
+
+def test_the_agents_freshness_watch_does_not_count_an_increment_whose_chain_is_broken(
+    deployment: Deployment,
+) -> None:
+    """The agent publishes "stale" from the same judgement: last night's increment with its
+    lower level removed is no fresh backup."""
+    names = chain(deployment, 2 + 3 / 24, 3)
+    config = deployment.config
+    assert health.archive_freshness(config, datetime.now(UTC)) is None
+    (config.archive.destination / names[1]).unlink()
+    stale = health.archive_freshness(config, datetime.now(UTC))
+    assert stale is not None and stale.kind == "stale"
+    assert stale.summary.startswith(f"newest archive {names[0]} is 2 d 3 h old")
+    assert names[2] not in stale.summary

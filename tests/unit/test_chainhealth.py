@@ -90,9 +90,10 @@ def test_a_chain_retention_removed_whole_is_not_reported() -> None:
 
 def test_a_full_is_overdue_after_twice_full_every_days() -> None:
     archives = week(0, 7) + [inc(d, d, 0) for d in range(7, 15)]
+    assert chainhealth.newest_full(archives) == full(0)
+    assert chainhealth.newest_full([*archives, full(14)]) == full(14)
+    assert chainhealth.newest_full(archives[1:]) is None
     at_limit = full(0).created + timedelta(days=14)
-    assert chainhealth.overdue_full(archives, 7, at_limit) is None
-    assert chainhealth.overdue_full(archives, 7, at_limit + timedelta(seconds=1)) == full(0)
-    assert chainhealth.overdue_full(archives, 3, full(0).created + timedelta(days=6, hours=1))
-    assert chainhealth.overdue_full([*archives, full(14)], 7, at_limit + timedelta(days=1)) is None
-    assert chainhealth.overdue_full(archives[1:], 7, at_limit + timedelta(days=9)) is None
+    assert not chainhealth.full_overdue(full(0), 7, at_limit)
+    assert chainhealth.full_overdue(full(0), 7, at_limit + timedelta(seconds=1))
+    assert chainhealth.full_overdue(full(0), 3, full(0).created + timedelta(days=6, hours=1))

@@ -451,7 +451,12 @@ def test_freshness_counts_an_increment_as_a_restore_point() -> None:
     assert "(increment 3 on host-" in checks["archive"].message
     assert checks["archive"].to_json()["newest"] == archives[0].name
     assert checks["archive-chains"].state == OK
-    assert checks["full-archive"].state == OK
+    assert checks["full-archive"] == Check(
+        "full-archive",
+        OK,
+        f"newest full archive {archives[-1].name}, 6 d 10 h old",
+        {"newest_full": archives[-1].name, "age_seconds": (6 * 24 + 10) * 3600},
+    )
 
 
 def test_a_recorded_member_gone_is_critical_naming_it_and_the_points_it_breaks() -> None:
