@@ -26,14 +26,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
+from usbagent import chains, dumpdir, incremental, naming
 from usbagent.config import Config
 from usbagent.decrypt import members, open_tar
 from usbagent.errors import UsbagentError
-from usbagent.extract import Extractor, Refused
+from usbagent.extract import Extractor
+from usbagent.folderwalk import Refused
+from usbagent.incremental import Scope
 from usbagent.recipients import Identity, load_identities
-from usbagent.tarsafety import Entry, classify
+from usbagent.tarsafety import DUMPDIR, Entry, classify, split
 from usbagent.units import human_bytes
 
 MAX_LISTED = 50  # failed members printed one by one; the rest are counted
@@ -67,6 +70,7 @@ class Result:
     listed: list[tuple[str, str]] = field(default_factory=list)
     found: set[str] = field(default_factory=set)
     stream_error: str | None = None
+    chain: tuple[Path, ...] = ()
 
     def fail(self, name: str, reason: str) -> None:
         self.failed += 1
@@ -85,6 +89,28 @@ def _open_target(target: Path) -> int:
         ) from None
 
 
+def _selected(result: Result, name: str, wanted: tuple[str, ...]) -> bool:
+    if wanted:
+        hit = match(name, wanted)
+        if hit is None:
+            return False
+        result.found.add(hit)
+    result.selected += 1
+    return True
+
+
+def _lost(result: Result, applied: incremental.Applied) -> None:
+    """Note what a dumpdir removed or moved away: a wanted name under it is no longer found."""
+    for parts in applied.removed:
+        result.found -= {w for w in result.found if split(w)[: len(parts)] == parts}
+    for name, reason in applied.problems:
+        result.fail(name, reason)
+
+
+def _dumpdir(data: IO[bytes] | None) -> dumpdir.Dumpdir | str:
+    return dumpdir.parse(data.read() if data is not None else b"")
+
+
 def _extract(
     result: Result,
     extractor: Extractor,
@@ -92,30 +118,41 @@ def _extract(
     identities: list[Identity],
     wanted: tuple[str, ...],
 ) -> None:
-    """Stream the archive through `extractor`; a per-member problem is recorded, not raised."""
+    """Stream the archive through `extractor`; a per-member problem is recorded, not raised.
+
+    A folder's dumpdir (incremental archives) is applied after the folder is there; with
+    MEMBER arguments, also that of a folder above a selected path (not itself restored).
+    """
+    scope = Scope(tuple(split(w) for w in wanted))
     with open_tar(archive, identities) as tar:
         for member in members(tar):
-            if wanted:
-                hit = match(member.name, wanted)
-                if hit is None:
-                    continue
-                result.found.add(hit)
-            result.selected += 1
+            chosen = _selected(result, member.name, wanted)
+            if not chosen and not (member.type == DUMPDIR and scope.leads_to(split(member.name))):
+                continue
             entry = classify(member)
             if isinstance(entry, str):
                 result.fail(member.name, entry)
                 continue
+            listed = _dumpdir(tar.extractfile(member)) if entry.dumpdir else None
+            if isinstance(listed, str):
+                result.fail(member.name, listed)
+                continue
             data = tar.extractfile(member) if entry.kind == "file" else None
             try:
-                made_now = extractor.add(entry, data)
+                made_now = extractor.add(entry, data) if chosen else False
             except Refused as exc:
                 result.fail(member.name, exc.reason)
+                continue
             except OSError as exc:
                 result.fail(member.name, exc.strerror or str(exc))
-            else:
-                if made_now:
-                    result.restored += 1
-                    result.size += entry.size
+                continue
+            if made_now:
+                result.restored += 1
+                result.size += entry.size
+            if listed is not None:
+                _lost(
+                    result, incremental.apply(extractor, entry.parts, listed, scope, archive.name)
+                )
 
 
 def _shown(entry: Entry) -> str:
@@ -123,33 +160,88 @@ def _shown(entry: Entry) -> str:
 
 
 def restore(archive: Path, identity: Path, target: Path, wanted: tuple[str, ...]) -> Result:
-    """Extract into `target`; returns what was restored and what failed. Raises UsbagentError
-    only when nothing can start (bad key file, unusable target)."""
+    """Extract the restore point `archive` (its chain, in order) into `target`; returns what
+    was restored and what failed. Raises UsbagentError only when nothing can start (an
+    incomplete chain, a bad key file, an unusable target): then nothing is written."""
+    chain = chain_of(archive)
     identities = load_identities(identity)
     root = _open_target(target)
-    result = Result()
+    result = Result(chain=chain)
     extractor = Extractor(root)
     try:
-        try:
-            _extract(result, extractor, archive, identities, wanted)
-        except UsbagentError as exc:
-            result.stream_error = str(exc)
-        made, failed = extractor.finish()
+        for member in chain:
+            try:
+                _extract(result, extractor, member, identities, wanted)
+            except UsbagentError as exc:
+                result.stream_error = f"{member.name}: {exc}"
+            _links(result, extractor)
+            if result.stream_error:
+                break  # a later increment would apply to a state that is not there
+        for entry, reason in extractor.finish():
+            result.fail(_shown(entry), reason)
+            result.restored -= 1  # counted when created, but it did not come out right
     finally:
         os.close(root)
+    return result
+
+
+def _links(result: Result, extractor: Extractor) -> None:
+    made, failed = extractor.end_archive()
     result.restored += len(made)
     for entry, reason in failed:
         result.fail(_shown(entry), reason)
-        if entry.kind == "dir":
-            result.restored -= 1  # counted when created, but it did not come out right
-    return result
+
+
+def chain_of(archive: Path) -> tuple[Path, ...]:
+    """The archives restoring `archive` applies, in order: its chain, found beside it.
+
+    A file whose name is not an archive name (renamed by hand) is restored on its own.
+    """
+    name = naming.parse(archive.name)
+    if name is None:
+        return (archive,)
+    try:
+        beside = [p.name for p in archive.parent.iterdir() if p.is_file()]
+    except OSError as exc:
+        raise UsbagentError(f"cannot list {archive.parent}: {exc.strerror}") from None
+    present = [n for n in map(naming.parse, beside) if n is not None and n.prefix == name.prefix]
+    point = chains.restore_point(name, present)
+    if not point.complete:
+        raise UsbagentError(incomplete(point, present, archive.parent))
+    return tuple(archive.parent / f for f in point.filenames)
+
+
+def incomplete(point: chains.RestorePoint, present: list[naming.ArchiveName], folder: Path) -> str:
+    """The one line for a restore point whose chain cannot be applied."""
+    problems = [
+        f"level {level} ({chains.expected_name(point, level)}) is missing"
+        for level in point.missing
+    ]
+    for level in point.ambiguous:
+        found = sorted(
+            a.filename for a in present if a.chain == point.archive.chain and a.level == level
+        )
+        problems.append(f"level {level} is there {len(found)} times ({', '.join(found)})")
+    fix = (
+        "put the missing archives back beside it (from a stick or another copy)"
+        if point.missing
+        else "move the archive that is not part of this chain away"
+    )
+    return (
+        f"cannot restore {point.archive.filename}: its chain in {folder} is incomplete: "
+        f"{'; '.join(problems)}; nothing was restored; {fix}"
+    )
 
 
 def report(result: Result, archive: Path, target: Path, wanted: tuple[str, ...]) -> int:
     """Print the outcome (stdout: what was restored; stderr: each failure) and the exit status."""
+    applied = ""
+    if len(result.chain) > 1:
+        full, increments = result.chain[0].name, len(result.chain) - 1
+        applied = f" (its chain: the full {full}, then {increments} increments)"
     print(
         f"restored {result.restored} members ({human_bytes(result.size)}) "
-        f"from {archive.name} into {target}"
+        f"from {archive.name}{applied} into {target}"
     )
     for name, reason in result.listed:
         print(f"usbagent restore: not restored {name!r}: {reason}", file=sys.stderr)
@@ -158,11 +250,15 @@ def report(result: Result, archive: Path, target: Path, wanted: tuple[str, ...])
         print(f"usbagent restore: ... and {more} more members not restored", file=sys.stderr)
     missing = [w for w in wanted if w not in result.found]
     for name in missing:
-        print(f"usbagent restore: {name!r} is not in the archive", file=sys.stderr)
+        where = (
+            "the archive" if len(result.chain) < 2 else "the archive's chain, or deleted by then"
+        )
+        print(f"usbagent restore: {name!r} is not in {where}", file=sys.stderr)
     if result.stream_error:
         print(
             f"usbagent restore: the archive could not be read to its end: {result.stream_error}"
-            "; members after that point are missing",
+            "; members after that point are missing"
+            + ("" if len(result.chain) < 2 else ", and no later archive of the chain was applied"),
             file=sys.stderr,
         )
     if result.failed:

@@ -17,8 +17,12 @@ MAX_LINES = 400
 
 LAYERS: dict[str, frozenset[str]] = {
     "model": frozenset({"errors", "events", "details", "config", "units"}),
-    "policy": frozenset({"naming", "chains", "plan", "retention", "devices", "tarsafety"}),
-    "platform": frozenset({"fsutil", "mounts", "watchdog", "systemd", "credentials", "dbuscall"}),
+    "policy": frozenset(
+        {"naming", "chains", "plan", "retention", "devices", "tarsafety", "dumpdir"}
+    ),
+    "platform": frozenset(
+        {"fsutil", "mounts", "watchdog", "systemd", "credentials", "dbuscall", "folderwalk"}
+    ),
     "sources": frozenset({"backend", "sources", "udisks", "udev"}),
     "stick": frozenset({"copier", "sync", "synclocal", "syncwords"}),
     "journal": frozenset({"journal", "state", "ledger", "outbox", "metrics"}),
