@@ -118,8 +118,8 @@ class Extractor:
     # --- removing and renaming ----------------------------------------------------------
 
     def remove(self, parts: tuple[str, ...]) -> bool:
-        """Remove what this restore made at `parts`, folders with their contents; False when
-        something there was not made by this restore (it is left, with the folders above it)."""
+        """Remove what this restore made at `parts` and below; False when something there was
+        not made by this restore (it stays, and so do the folders above it)."""
         try:
             parent = os.dup(self._walk.folder(parts[:-1], create=False))
         except FileNotFoundError:
@@ -141,9 +141,8 @@ class Extractor:
         except FileNotFoundError:
             return True
         identity = identity_of(st)
-        if identity not in self._ours:
-            return False
-        if stat.S_ISDIR(st.st_mode):
+        ours = identity in self._ours
+        if stat.S_ISDIR(st.st_mode):  # someone else's folder: what this restore put in it
             fd = os.open(name, DIR_FLAGS, dir_fd=parent)
             try:
                 with os.scandir(fd) as it:
@@ -151,9 +150,11 @@ class Extractor:
                 kept = [child for child in names if not self._remove(fd, child)]
             finally:
                 os.close(fd)
-            if kept:
+            if kept or not ours:
                 return False
             os.rmdir(name, dir_fd=parent)
+        elif not ours:
+            return False
         else:
             os.unlink(name, dir_fd=parent)
         if stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1:

@@ -89,26 +89,17 @@ def _open_target(target: Path) -> int:
         ) from None
 
 
-def _selected(result: Result, name: str, wanted: tuple[str, ...]) -> bool:
-    if wanted:
-        hit = match(name, wanted)
-        if hit is None:
-            return False
+def _found(result: Result, name: str, wanted: tuple[str, ...]) -> None:
+    hit = match(name, wanted) if wanted else None
+    if hit is not None:
         result.found.add(hit)
-    result.selected += 1
-    return True
-
-
-def _lost(result: Result, applied: incremental.Applied) -> None:
-    """Note what a dumpdir removed or moved away: a wanted name under it is no longer found."""
-    for parts in applied.removed:
-        result.found -= {w for w in result.found if split(w)[: len(parts)] == parts}
-    for name, reason in applied.problems:
-        result.fail(name, reason)
 
 
 def _dumpdir(data: IO[bytes] | None) -> dumpdir.Dumpdir | str:
     return dumpdir.parse(data.read() if data is not None else b"")
+
+
+Scopes = tuple[incremental.Scope, incremental.Scope]  # what is selected before, and now
 
 
 def _extract(
@@ -117,17 +108,22 @@ def _extract(
     archive: Path,
     identities: list[Identity],
     wanted: tuple[str, ...],
+    scopes: Scopes,
 ) -> None:
     """Stream the archive through `extractor`; a per-member problem is recorded, not raised.
 
     A folder's dumpdir (incremental archives) is applied after the folder is there; with
     MEMBER arguments, also that of a folder above a selected path (not itself restored).
     """
-    scope = Scope(tuple(split(w) for w in wanted))
+    before, now = scopes
     with open_tar(archive, identities) as tar:
         for member in members(tar):
-            chosen = _selected(result, member.name, wanted)
-            if not chosen and not (member.type == DUMPDIR and scope.leads_to(split(member.name))):
+            parts = split(member.name)
+            chosen = now.selects(parts)
+            if chosen:
+                _found(result, member.name, wanted)
+                result.selected += 1
+            elif not (member.type == DUMPDIR and before.touches(parts)):
                 continue
             entry = classify(member)
             if isinstance(entry, str):
@@ -150,9 +146,43 @@ def _extract(
                 result.restored += 1
                 result.size += entry.size
             if listed is not None:
-                _lost(
-                    result, incremental.apply(extractor, entry.parts, listed, scope, archive.name)
-                )
+                applied = incremental.apply(extractor, entry.parts, listed, before, archive.name)
+                for name, reason in applied:
+                    result.fail(name, reason)
+
+
+def _dumpdirs(archive: Path, identities: list[Identity]) -> list[dumpdir.Dumpdir]:
+    """The archive's dumpdirs (what restore refuses is left out here and reported later)."""
+    found: list[dumpdir.Dumpdir] = []
+    with open_tar(archive, identities) as tar:
+        for member in members(tar):
+            if member.type == DUMPDIR:
+                parsed = _dumpdir(tar.extractfile(member))
+                if not isinstance(parsed, str):
+                    found.append(parsed)
+    return found
+
+
+def scopes(
+    chain: tuple[Path, ...], identities: list[Identity], wanted: tuple[str, ...]
+) -> list[Scopes]:
+    """Per archive of the chain, what MEMBER selects by the names before it and after it.
+
+    Without MEMBER everything is selected. With it, a first pass reads the increments'
+    dumpdirs, so that a path a later night renamed into the selection is restored from the
+    earlier archives by its earlier name (incremental.earlier).
+    """
+    last = Scope(tuple(split(w) for w in wanted))
+    if not wanted or len(chain) == 1:
+        return [(last, last)] * len(chain)
+    out: list[Scopes] = []
+    after = last
+    for archive in reversed(chain[1:]):
+        before = incremental.earlier(after, _dumpdirs(archive, identities))
+        out.append((before, after))
+        after = before
+    out.append((after, after))
+    return out[::-1]
 
 
 def _shown(entry: Entry) -> str:
@@ -165,21 +195,25 @@ def restore(archive: Path, identity: Path, target: Path, wanted: tuple[str, ...]
     incomplete chain, a bad key file, an unusable target): then nothing is written."""
     chain = chain_of(archive)
     identities = load_identities(identity)
+    selected = scopes(chain, identities, wanted)
     root = _open_target(target)
     result = Result(chain=chain)
     extractor = Extractor(root)
     try:
-        for member in chain:
+        for member, (before, now) in zip(chain, selected, strict=True):
             try:
-                _extract(result, extractor, member, identities, wanted)
+                _extract(result, extractor, member, identities, wanted, (before, now))
             except UsbagentError as exc:
                 result.stream_error = f"{member.name}: {exc}"
             _links(result, extractor)
+            if wanted:
+                incremental.prune(extractor, (), now)
             if result.stream_error:
                 break  # a later increment would apply to a state that is not there
         for entry, reason in extractor.finish():
             result.fail(_shown(entry), reason)
             result.restored -= 1  # counted when created, but it did not come out right
+        result.found = {w for w in result.found if not w or extractor.owned(split(w)) is not None}
     finally:
         os.close(root)
     return result

@@ -34,7 +34,8 @@ def tree(root: Path) -> Tree:
     inodes: dict[int, str] = {}
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
-        for name in [*dirs, *files]:
+        dirs.sort()
+        for name in sorted([*dirs, *files]):
             path = here / name
             st = path.lstat()
             key = str(path.relative_to(root))
@@ -107,7 +108,8 @@ class Chains:
 
 
 def standard_restore(archives: list[Path], identity: Path, target: Path) -> None:
-    """README's standard-tools restore: each member in order, GNU tar applying its dumpdirs."""
+    """README's standard-tools restore: each member in order, GNU tar applying its dumpdirs,
+    run in the target folder (tar 1.34's `-C` breaks the swap of two folders)."""
     target.mkdir(parents=True, exist_ok=True)
     for archive in archives:
         subprocess.run(
@@ -116,8 +118,8 @@ def standard_restore(archives: list[Path], identity: Path, target: Path) -> None
                 "-o",
                 "pipefail",
                 "-c",
-                f"age -d -i {identity} {archive} | zstd -d | "
-                f"tar --listed-incremental=/dev/null -x -C {target}",
+                f"age -d -i {identity} {archive} | zstd -d | tar --listed-incremental=/dev/null -x",
             ],
             check=True,
+            cwd=target,
         )
