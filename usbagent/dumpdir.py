@@ -54,10 +54,10 @@ def _decode(raw: bytes) -> str:
 
 def _path(text: str, what: str) -> tuple[str, ...] | str:
     if text.startswith("/"):
-        return f"{what} is an absolute path ({text})"
+        return f"{what} is an absolute path"
     parts = split(text)
     if ".." in parts:
-        return f"{what} has '..' in the path ({text})"
+        return f"{what} has '..' in the path"
     return parts
 
 

@@ -65,9 +65,9 @@ def _stale(listed: str | None, is_dir: bool) -> bool:
 
 
 def _move(ex: Extractor, source: Parts, target: Parts, why: str, out: Problems) -> None:
-    if ex.owned(source) is None:
-        return  # not restored (not selected at the night it was made): nothing to move
     try:
+        if ex.owned(source) is None:
+            return  # not restored (not selected at the night it was made): nothing to move
         ex.rename(source, target)
     except Refused as exc:
         out.append((shown(source), f"not moved to {shown(target)!r} ({why}): {exc}"))

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from usbagent import chains, dumpdir, incremental, naming
+from usbagent import chainfind, dumpdir, incremental
 from usbagent.config import Config
 from usbagent.decrypt import members, open_tar
 from usbagent.errors import UsbagentError
@@ -193,7 +193,7 @@ def restore(archive: Path, identity: Path, target: Path, wanted: tuple[str, ...]
     """Extract the restore point `archive` (its chain, in order) into `target`; returns what
     was restored and what failed. Raises UsbagentError only when nothing can start (an
     incomplete chain, a bad key file, an unusable target): then nothing is written."""
-    chain = chain_of(archive)
+    chain = chainfind.members_of(archive)
     identities = load_identities(identity)
     selected = scopes(chain, identities, wanted)
     root = _open_target(target)
@@ -213,10 +213,18 @@ def restore(archive: Path, identity: Path, target: Path, wanted: tuple[str, ...]
         for entry, reason in extractor.finish():
             result.fail(_shown(entry), reason)
             result.restored -= 1  # counted when created, but it did not come out right
-        result.found = {w for w in result.found if not w or extractor.owned(split(w)) is not None}
+        result.found = {w for w in result.found if _there(extractor, w)}
     finally:
         os.close(root)
     return result
+
+
+def _there(extractor: Extractor, wanted: str) -> bool:
+    """Is the MEMBER argument `wanted` in the target at the end (not deleted by then)?"""
+    try:
+        return not wanted or extractor.owned(split(wanted)) is not None
+    except (Refused, OSError):
+        return False
 
 
 def _links(result: Result, extractor: Extractor) -> None:
@@ -224,47 +232,6 @@ def _links(result: Result, extractor: Extractor) -> None:
     result.restored += len(made)
     for entry, reason in failed:
         result.fail(_shown(entry), reason)
-
-
-def chain_of(archive: Path) -> tuple[Path, ...]:
-    """The archives restoring `archive` applies, in order: its chain, found beside it.
-
-    A file whose name is not an archive name (renamed by hand) is restored on its own.
-    """
-    name = naming.parse(archive.name)
-    if name is None:
-        return (archive,)
-    try:
-        beside = [p.name for p in archive.parent.iterdir() if p.is_file()]
-    except OSError as exc:
-        raise UsbagentError(f"cannot list {archive.parent}: {exc.strerror}") from None
-    present = [n for n in map(naming.parse, beside) if n is not None and n.prefix == name.prefix]
-    point = chains.restore_point(name, present)
-    if not point.complete:
-        raise UsbagentError(incomplete(point, present, archive.parent))
-    return tuple(archive.parent / f for f in point.filenames)
-
-
-def incomplete(point: chains.RestorePoint, present: list[naming.ArchiveName], folder: Path) -> str:
-    """The one line for a restore point whose chain cannot be applied."""
-    problems = [
-        f"level {level} ({chains.expected_name(point, level)}) is missing"
-        for level in point.missing
-    ]
-    for level in point.ambiguous:
-        found = sorted(
-            a.filename for a in present if a.chain == point.archive.chain and a.level == level
-        )
-        problems.append(f"level {level} is there {len(found)} times ({', '.join(found)})")
-    fix = (
-        "put the missing archives back beside it (from a stick or another copy)"
-        if point.missing
-        else "move the archive that is not part of this chain away"
-    )
-    return (
-        f"cannot restore {point.archive.filename}: its chain in {folder} is incomplete: "
-        f"{'; '.join(problems)}; nothing was restored; {fix}"
-    )
 
 
 def report(result: Result, archive: Path, target: Path, wanted: tuple[str, ...]) -> int:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.archive_helpers import usbagent
 from tests.integration.chain_helpers import Chains, differences, standard_restore, tree
-from tests.integration.tar_helpers import failures
+from tests.integration.tar_helpers import failures, write_sidecar
 
 T0 = 1_700_000_000
 
@@ -294,3 +294,57 @@ def test_a_folder_that_is_not_empty_keeps_what_it_had(chain: Chains, tmp_path: P
     assert not (target / "data" / "gone" / "inner").exists()  # restored, then deleted
     assert {p: (target / p).read_text() for p in before} == before
     assert (target / "data" / "old" / "fresh").read_text() == "new's content"
+
+
+# --- verify ----------------------------------------------------------------------------
+
+
+def copied(chain: Chains, folder: Path) -> list[Path]:
+    folder.mkdir()
+    for archive in chain.archives:
+        shutil.copy(archive, folder)
+        shutil.copy(archive.with_name(archive.name + ".sha256"), folder)
+    return [folder / a.name for a in chain.archives]
+
+
+def test_verify_fails_every_point_whose_chain_is_incomplete(chain: Chains, tmp_path: Path) -> None:
+    full, inc1, inc2, inc3 = copied(chain, tmp_path / "copy")
+    proc = usbagent("verify", str(tmp_path / "copy"))
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.splitlines()[-1] == "4 checked, 0 failed (checksums only)"
+
+    inc1.unlink()
+    proc = usbagent("verify", str(tmp_path / "copy"))
+
+    assert proc.returncode == 1
+    fullstamp = full.name.split("-")[-1].removesuffix(".tar.zst.age")
+    missing = f"level 1 (ua-test-*.inc1.{fullstamp}.tar.zst.age) is missing"
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+    assert failed == [
+        f"FAILED  {a}: cannot be restored, its chain is incomplete: {missing}; put the missing "
+        "archives back beside it (from a stick or another copy)"
+        for a in (inc2, inc3)
+    ]
+    assert f"OK      {full}: checksum ok" in proc.stdout
+
+
+def test_verify_of_one_point_reads_every_member_of_its_chain(chain: Chains, tmp_path: Path) -> None:
+    full, inc1, inc2, _ = copied(chain, tmp_path / "copy")
+    proc = usbagent("verify", str(inc2), "--identity", str(chain.identity))
+    assert proc.returncode == 0, proc.stdout
+    for archive in (inc2, full, inc1):
+        assert f"OK      {archive}: checksum ok, decrypted and read" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "3 checked, 0 failed"
+
+    # the full damaged, its sidecar made to match: only reading it finds out
+    data = bytearray(full.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    full.write_bytes(bytes(data))
+    proc = usbagent("verify", str(inc2))
+    assert proc.returncode == 1
+    assert f"FAILED  {full}: checksum mismatch" in proc.stdout
+    write_sidecar(full)
+    proc = usbagent("verify", str(inc2), "--identity", str(chain.identity))
+    assert proc.returncode == 1
+    assert f"FAILED  {full}: checksum ok, but decryption failed" in proc.stdout
+    assert f"OK      {inc2}: checksum ok, decrypted and read" in proc.stdout
