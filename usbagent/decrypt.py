@@ -23,6 +23,26 @@ from usbagent.errors import UsbagentError
 from usbagent.recipients import Identity
 
 DRAIN_SIZE = 1024 * 1024
+_GNU_MAGIC = slice(257, 265)
+_PREFIX = slice(345, 500)
+
+
+class GnuTarInfo(tarfile.TarInfo):
+    """tarfile's TarInfo, reading GNU headers as GNU tar writes them.
+
+    In `--listed-incremental` mode GNU tar stores each member's atime and ctime where a ustar
+    header keeps its name prefix (the old GNU header layout). Python's tarfile (3.11) reads
+    them as that prefix and names the member `15303663331/data/...`; a GNU header never
+    holds a prefix (long names get their own member), so it is ignored there.
+    """
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> GnuTarInfo:
+        info = super().frombuf(buf, encoding, errors)
+        if buf[_GNU_MAGIC] == tarfile.GNU_MAGIC and any(buf[_PREFIX]):
+            name = tarfile.nts(buf[0:100], encoding, errors)  # type: ignore[attr-defined]
+            info.name = name.rstrip("/") if info.isdir() else name
+        return info
 
 
 class _PipeWriter:
@@ -84,7 +104,7 @@ def open_tar(path: Path, identities: list[Identity]) -> Iterator[tarfile.TarFile
     try:
         try:
             zstd = zstandard.ZstdDecompressor().stream_reader(plain, read_across_frames=True)
-            with tarfile.open(fileobj=zstd, mode="r|") as tar:
+            with tarfile.open(fileobj=zstd, mode="r|", tarinfo=GnuTarInfo) as tar:
                 yield tar
             while zstd.read(DRAIN_SIZE):
                 pass

@@ -16,19 +16,85 @@ PACKAGE = Path(__file__).resolve().parents[2] / "usbagent"
 MAX_LINES = 400
 
 LAYERS: dict[str, frozenset[str]] = {
-    "model": frozenset({"errors", "events", "details", "config", "units"}),
+    "model": frozenset(
+        {
+            "errors",
+            "events",
+            "details",
+            "config",
+            "units",
+        }
+    ),
     "policy": frozenset(
-        {"naming", "chains", "chainhealth", "plan", "retention", "devices", "tarsafety"}
+        {
+            "naming",
+            "chains",
+            "chainhealth",
+            "plan",
+            "retention",
+            "devices",
+            "tarsafety",
+            "dumpdir",
+        }
     ),
     "platform": frozenset(
-        {"fsutil", "mounts", "watchdog", "systemd", "credentials", "dbuscall", "logind"}
+        {
+            "fsutil",
+            "mounts",
+            "watchdog",
+            "systemd",
+            "credentials",
+            "dbuscall",
+            "logind",
+            "folderwalk",
+        }
     ),
-    "sources": frozenset({"backend", "sources", "udisks", "udev"}),
-    "stick": frozenset({"copier", "sync", "synclocal", "syncwords"}),
-    "journal": frozenset({"journal", "state", "ledger", "outbox", "metrics"}),
-    "health": frozenset({"health"}),
-    "agent": frozenset({"agent", "decide", "stickjob", "agentstatus"}),
-    "notify": frozenset({"notify", "missed", "delivery", "asuser"}),
+    "sources": frozenset(
+        {
+            "backend",
+            "sources",
+            "udisks",
+            "udev",
+        }
+    ),
+    "stick": frozenset(
+        {
+            "copier",
+            "sync",
+            "synclocal",
+            "syncwords",
+        }
+    ),
+    "journal": frozenset(
+        {
+            "journal",
+            "state",
+            "ledger",
+            "outbox",
+            "metrics",
+        }
+    ),
+    "health": frozenset(
+        {
+            "health",
+        }
+    ),
+    "agent": frozenset(
+        {
+            "agent",
+            "decide",
+            "stickjob",
+            "agentstatus",
+        }
+    ),
+    "notify": frozenset(
+        {
+            "notify",
+            "missed",
+            "delivery",
+            "asuser",
+        }
+    ),
 }
 # Modules and libraries that do I/O: policy may import none of them.
 IO_MODULES = frozenset(
