@@ -61,6 +61,7 @@ class SyncDetails:
     free_bytes: int | None
     removal: Removal | None  # how the stick may be taken out; None: not said
     error: str = ""  # why the sync failed, as the sync said it ("" when it did not fail)
+    repaired: bool = False  # its filesystem failed the check before mount and was repaired
 
     @property
     def removable(self) -> bool:
@@ -83,6 +84,7 @@ class SyncDetails:
             free_bytes=_int(d, "free_bytes"),
             removal=typing.cast(Removal, removal) if removal in known else None,
             error=_str(d, "error"),
+            repaired=d.get("repaired") is True,
         )
 
 
