@@ -24,16 +24,21 @@ MISSED = "Missed while you were away"
 
 
 def missed(notes: list[Note]) -> list[Note]:
-    """What to show someone who just logged in: each missed note, or one digest of many."""
+    """What to show someone who just logged in: each missed note, or one digest of many.
+
+    The digest lists every problem, however many: someone who was away must learn of each
+    one. Only routine notes beyond DIGEST_LINES are folded into a count, so a burst of
+    "copied" notes can never push a failure or a repaired stick out of sight.
+    """
     if len(notes) <= MAX_MISSED_SINGLY:
         return [
             Note(n.kind, f"{MISSED}: {n.summary}", f"{_stamp(n.time)}: {n.body}", n.urgency, n.time)
             for n in notes
         ]
-    newest = notes[-DIGEST_LINES:]
-    lines = [f"{_stamp(n.time)}: {n.summary}. {n.body}" for n in reversed(newest)]
-    if len(notes) > len(newest):
-        lines.append(f"... and {len(notes) - len(newest)} earlier")
+    shown = _digest_lines(notes)
+    lines = [f"{_stamp(n.time)}: {n.summary}. {n.body}" for n in reversed(shown)]
+    if len(notes) > len(shown):
+        lines.append(f"... and {len(notes) - len(shown)} earlier routine notes")
     return [
         Note(
             kind="digest",
@@ -43,6 +48,16 @@ def missed(notes: list[Note]) -> list[Note]:
             time=notes[-1].time,
         )
     ]
+
+
+def _digest_lines(notes: list[Note]) -> list[Note]:
+    """The notes a digest shows, oldest first: all problems, then the newest routine ones
+    while fewer than DIGEST_LINES lines are used."""
+    problems = sum(not n.routine for n in notes)
+    room = max(DIGEST_LINES - problems, 0)
+    routine = [i for i, n in enumerate(notes) if n.routine]
+    keep = set(routine[len(routine) - room :] if room else [])
+    return [n for i, n in enumerate(notes) if not n.routine or i in keep]
 
 
 def _stamp(t: datetime) -> str:

@@ -43,11 +43,12 @@ def render(outcome: Outcome) -> Note | None:
     """The notification for an outcome, or None when it is not worth interrupting someone."""
     kind, body = outcome.kind, outcome.summary
     if kind == "stick-recognised":
-        return _note(outcome, "Backup stick found: copying, do not remove it", body, NORMAL)
+        title = "Backup stick found: copying, do not remove it"
+        return _note(outcome, title, body, NORMAL, routine=True)
     if kind == "sync" and outcome.ok:
-        removable = SyncDetails.of(outcome).removable  # the data, never the summary's words
-        title = "stick safe to remove" if removable else "unmount the stick before removing it"
-        return _note(outcome, f"Backup copied: {title}", body, NORMAL)
+        sync = SyncDetails.of(outcome)  # the data, never the summary's words
+        title = "stick safe to remove" if sync.removable else "unmount the stick before removing it"
+        return _note(outcome, f"Backup copied: {title}", body, NORMAL, routine=not sync.repaired)
     if kind == "sync":
         return _note(outcome, "Backup copy to stick FAILED", body, CRITICAL)
     if kind == "refused":
@@ -62,8 +63,8 @@ def render(outcome: Outcome) -> Note | None:
     return None  # a successful nightly archive is not news
 
 
-def _note(outcome: Outcome, summary: str, body: str, urgency: int) -> Note:
-    return Note(kind=outcome.kind, summary=summary, body=body, urgency=urgency, time=outcome.time)
+def _note(outcome: Outcome, summary: str, body: str, urgency: int, routine: bool = False) -> Note:
+    return Note(outcome.kind, summary, body, urgency, outcome.time, routine)
 
 
 async def _deliver_or_keep(bus: MessageBus | None, state_dir: Path, note: Note) -> None:
