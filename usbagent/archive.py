@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -49,6 +49,7 @@ from usbagent import (
     tarpipe,
 )
 from usbagent.config import Config
+from usbagent.details import ArchiveDetails, SourceDetails
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
 from usbagent.fsutil import fsync_dir, write_atomic
@@ -277,10 +278,27 @@ def _describe(exc: BaseException, signal_name: str | None) -> str:
 
 
 def _failure_outcome(error: str, made: Made | None) -> Outcome:
-    details: dict[str, Any] = {"error": error}
+    details = ArchiveDetails(archive="", error=error)
     if made is not None:  # the archive exists; only what followed failed
-        details.update(archive=made.name, size=made.written.size, sha256=made.written.sha256)
-    return Outcome(kind="archive", ok=False, summary=error, details=details)
+        details = _details(made, None, error)
+    return Outcome(kind="archive", ok=False, summary=error, details=details.to_json())
+
+
+def _details(made: Made, pruned: list[str] | None, error: str | None = None) -> ArchiveDetails:
+    level, written = made.level, made.written
+    return ArchiveDetails(
+        archive=made.name,
+        size=written.size,
+        sha256=written.sha256,
+        duration=round(made.duration, 3),
+        pruned=None if pruned is None else tuple(pruned),
+        warnings=written.warnings,
+        sources=tuple(SourceDetails(c.path, c.members, c.bytes) for c in written.counts),
+        error=error,
+        level=level.level,
+        full=level.full.filename if level.full else made.name,
+        full_because=level.why,
+    )
 
 
 def archive_now(config: Config) -> Outcome:
@@ -312,18 +330,7 @@ def archive_now(config: Config) -> Outcome:
         summary += f", {len([n for n in pruned if naming.parse(n)])} old archive(s) pruned"
     if written.warnings:
         summary += f"; tar warned: {written.warnings[0]}"
-    details = {
-        "archive": made.name,
-        "size": written.size,
-        "duration": round(made.duration, 3),
-        "sha256": written.sha256,
-        "level": made.level.level,
-        "full": made.level.full.filename if made.level.full else made.name,
-        "full_because": made.level.why or "",
-        "pruned": pruned,
-        "warnings": list(written.warnings),
-        "sources": [asdict(c) for c in written.counts],
-    }
+    details = _details(made, pruned).to_json()
     outcome = Outcome(kind="archive", ok=True, summary=summary, details=details)
     _record(config, outcome)
     return outcome

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from usbagent.naming import ArchiveName
+from usbagent.naming import STAMP_FORMAT, SUFFIX, ArchiveName
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,12 @@ def needed(points: Iterable[RestorePoint]) -> frozenset[str]:
 def broken(points: Iterable[RestorePoint]) -> list[RestorePoint]:
     """The restore points that cannot be restored, oldest first."""
     return [p for p in points if not p.complete]
+
+
+def expected_name(point: RestorePoint, level: int) -> str:
+    """The file name level `level` of the point's chain has: exact for the full, a glob for
+    an increment (its own time is known only from its name)."""
+    full = point.archive.full.strftime(STAMP_FORMAT)
+    if level == 0:
+        return f"{point.archive.prefix}-{full}{SUFFIX}"
+    return f"{point.archive.prefix}-*.inc{level}.{full}{SUFFIX}"

@@ -14,7 +14,7 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Self
+from typing import BinaryIO
 
 import pyrage
 import zstandard
@@ -23,23 +23,25 @@ from usbagent.errors import UsbagentError
 from usbagent.recipients import Identity
 
 DRAIN_SIZE = 1024 * 1024
-DUMPDIR = b"D"  # GNU tar's folder record in --listed-incremental archives (with its listing)
+_GNU_MAGIC = slice(257, 265)
+_PREFIX = slice(345, 500)
 
 
-class GnuInfo(tarfile.TarInfo):
-    """A member header as GNU tar means it.
+class GnuTarInfo(tarfile.TarInfo):
+    """tarfile's TarInfo, reading GNU headers as GNU tar writes them.
 
-    GNU tar's incremental headers keep the file's atime and ctime where ustar has its name
-    prefix; tarfile reads those digits as a prefix (`15303663377/data/...`). A GNU-format
-    name is the 100-byte field, or a long-name record (which tarfile applies afterwards).
+    In `--listed-incremental` mode GNU tar stores each member's atime and ctime where a ustar
+    header keeps its name prefix (the old GNU header layout). Python's tarfile (3.11) reads
+    them as that prefix and names the member `15303663331/data/...`; a GNU header never
+    holds a prefix (long names get their own member), so it is ignored there.
     """
 
     @classmethod
-    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> GnuTarInfo:
         info = super().frombuf(buf, encoding, errors)
-        if buf[257:265] == tarfile.GNU_MAGIC:
-            name = buf[:100].split(b"\0", 1)[0].decode(encoding, errors)
-            info.name = name.rstrip("/") if info.isdir() or info.type == DUMPDIR else name
+        if buf[_GNU_MAGIC] == tarfile.GNU_MAGIC and any(buf[_PREFIX]):
+            name = tarfile.nts(buf[0:100], encoding, errors)  # type: ignore[attr-defined]
+            info.name = name.rstrip("/") if info.isdir() else name
         return info
 
 
@@ -102,7 +104,7 @@ def open_tar(path: Path, identities: list[Identity]) -> Iterator[tarfile.TarFile
     try:
         try:
             zstd = zstandard.ZstdDecompressor().stream_reader(plain, read_across_frames=True)
-            with tarfile.open(fileobj=zstd, mode="r|", tarinfo=GnuInfo) as tar:
+            with tarfile.open(fileobj=zstd, mode="r|", tarinfo=GnuTarInfo) as tar:
                 yield tar
             while zstd.read(DRAIN_SIZE):
                 pass

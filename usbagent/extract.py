@@ -12,35 +12,32 @@ escapes) is not used. Instead:
 - a hard link is made only to a regular file this restore created (checked by device and
   inode), so it cannot reach outside the target or alias a link; it creates no path that
   could be followed, so it is made in archive order;
-- symlinks are created last, after every file and folder, so no member is ever written
-  through one; folders get their mode and times at the very end, deepest first.
+- symlinks are created after every file and folder of their archive, so no member of it is
+  ever written through one; folders get their mode and times at the very end, deepest first.
+
+Across a chain of archives (full, then increments in order) a later archive replaces,
+renames and removes what an earlier one restored: only what this restore created (tracked
+by device and inode) is ever replaced, renamed or removed, so a folder's previous contents
+and anything put there by someone else stay as they were. A file is replaced by renaming
+its complete new version over it (never a partial file under the final name).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets
 import stat
 from dataclasses import dataclass
 from typing import IO
 
+from usbagent.folderwalk import DIR_FLAGS, FolderWalk, Refused, identity_of
 from usbagent.fsutil import rename_noreplace, syncfs
 from usbagent.tarsafety import Entry
 
 CHUNK = 1024 * 1024
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 TEMP_PREFIX = ".usbagent-restore-"
-
-
-class Refused(Exception):
-    """A member that the target folder's contents make unsafe or impossible to create."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -51,8 +48,7 @@ class _DirFixup:
     identity: int  # device and inode of the folder this restore created
 
 
-def _identity(st: os.stat_result) -> int:
-    return (st.st_dev << 64) | st.st_ino
+_EXISTS = "already exists in the target folder (not overwritten)"
 
 
 def _not_ours(source: str) -> str:
@@ -64,81 +60,139 @@ def _shown(parts: tuple[str, ...]) -> str:
 
 
 class Extractor:
-    """Writes Entries under `root_fd` (not owned). Call `finish` once after the last `add`."""
+    """Writes Entries under `root_fd` (not owned): call `end_archive` after each archive's
+    last `add`, and `finish` once at the end."""
 
     def __init__(self, root_fd: int) -> None:
         self._root = root_fd
-        self._cached: tuple[tuple[str, ...], int] | None = None  # last parent folder and fd
-        self._created: set[int] = set()  # identities of the regular files this restore made
+        self._ours: set[int] = set()  # identities of everything this restore made
+        self._walk = FolderWalk(root_fd, self._own)
+        self._this_archive: set[int] = set()  # what the current archive made
         self._symlinks: list[Entry] = []
-        self._fixups: list[_DirFixup] = []
+        self._fixups: dict[tuple[str, ...], _DirFixup] = {}
 
     # --- folders ------------------------------------------------------------------------
 
-    def _step(self, fd: int, parts: tuple[str, ...], depth: int, create: bool) -> int:
-        name = parts[depth]
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=fd)
-        except FileNotFoundError:
-            if not create:
-                raise
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o777, dir_fd=fd)
-        return os.open(name, _DIR_FLAGS, dir_fd=fd)
-
-    def _not_a_folder(self, parts: tuple[str, ...]) -> Refused:
-        return Refused(
-            f"{_shown(parts)!r} in the target folder is a symlink or not a folder (not followed)"
-        )
-
-    def _folder(self, parts: tuple[str, ...], create: bool = True) -> int:
-        """The fd of the folder `parts` under the root (borrowed: valid until the next call)."""
-        if not parts:
-            return self._root
-        if self._cached is not None and self._cached[0] == parts:
-            return self._cached[1]
-        fd, depth = self._root, 0
-        if self._cached is not None and parts[: len(self._cached[0])] == self._cached[0]:
-            fd, depth = self._cached[1], len(self._cached[0])
-        start = fd
-        try:
-            while depth < len(parts):
-                try:
-                    nxt = self._step(fd, parts, depth, create)
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                        raise
-                    raise self._not_a_folder(parts[: depth + 1]) from None
-                if fd not in (start, self._root):
-                    os.close(fd)
-                fd, depth = nxt, depth + 1
-        except BaseException:
-            if fd not in (start, self._root):
-                os.close(fd)
-            raise
-        self._forget()
-        self._cached = (parts, fd)
-        return fd
-
-    def _forget(self) -> None:
-        if self._cached is not None:
-            os.close(self._cached[1])
-            self._cached = None
-
-    def _free(self, parent: int, name: str) -> None:
-        """Refuse a name that already exists; say so when this restore made it (duplicate)."""
+    def _claim(self, parent: int, name: str) -> bool:
+        """Whether `name` exists and may be replaced (an earlier archive of the chain made
+        it); refuse one that someone else made or this archive made already (a duplicate)."""
         try:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
-            return
-        if stat.S_ISREG(st.st_mode) and _identity(st) in self._created:
+            return False
+        if identity_of(st) in self._this_archive and stat.S_ISREG(st.st_mode):
             raise Refused("appears twice in the archive; the first one was restored")
-        raise Refused("already exists in the target folder (not overwritten)")
+        if identity_of(st) in self._this_archive or identity_of(st) not in self._ours:
+            raise Refused(_EXISTS)
+        if stat.S_ISDIR(st.st_mode) and not self._remove(parent, name):
+            raise Refused("replaces a folder that holds files this restore did not create")
+        return not stat.S_ISDIR(st.st_mode)
+
+    def _own(self, identity: int) -> None:
+        self._ours.add(identity)
+        self._this_archive.add(identity)
+
+    def _made(self, parent: int, name: str) -> None:
+        self._own(identity_of(os.stat(name, dir_fd=parent, follow_symlinks=False)))
+
+    # --- what is there ------------------------------------------------------------------
+
+    def listing(self, parts: tuple[str, ...]) -> list[tuple[str, bool]]:
+        """(name, is a folder) of what the folder `parts` holds; [] when it is not there."""
+        try:
+            fd = self._walk.folder(parts, create=False)
+        except FileNotFoundError:
+            return []
+        with os.scandir(fd) as it:
+            return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+
+    def owned(self, parts: tuple[str, ...]) -> bool | None:
+        """Whether this restore made what is at `parts` (None: nothing is there)."""
+        try:
+            parent = self._walk.folder(parts[:-1], create=False)
+            st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return identity_of(st) in self._ours
+
+    # --- removing and renaming ----------------------------------------------------------
+
+    def remove(self, parts: tuple[str, ...]) -> bool:
+        """Remove what this restore made at `parts` and below; False when something there was
+        not made by this restore (it stays, and so do the folders above it)."""
+        try:
+            parent = os.dup(self._walk.folder(parts[:-1], create=False))
+        except FileNotFoundError:
+            return True
+        self._walk.forget()  # the cached folder may be the one removed
+        try:
+            gone = self._remove(parent, parts[-1])
+        finally:
+            os.close(parent)
+        for key in [k for k in self._fixups if k[: len(parts)] == parts]:
+            if not gone and (self.owned(key) is not None):
+                continue
+            del self._fixups[key]
+        return gone
+
+    def _remove(self, parent: int, name: str) -> bool:
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        identity = identity_of(st)
+        ours = identity in self._ours
+        if stat.S_ISDIR(st.st_mode):  # someone else's folder: what this restore put in it
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+            try:
+                with os.scandir(fd) as it:
+                    names = [e.name for e in it]
+                kept = [child for child in names if not self._remove(fd, child)]
+            finally:
+                os.close(fd)
+            if kept or not ours:
+                return False
+            os.rmdir(name, dir_fd=parent)
+        elif not ours:
+            return False
+        else:
+            os.unlink(name, dir_fd=parent)
+        if stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1:
+            self._ours.discard(identity)
+        return True
+
+    def rename(self, source: tuple[str, ...], target: tuple[str, ...]) -> None:
+        """Move what this restore made at `source` to `target` (making the folders above it),
+        replacing what this restore made there; Refused says why not."""
+        try:
+            src_parent = os.dup(self._walk.folder(source[:-1], create=False))
+        except FileNotFoundError:
+            raise Refused(f"{_shown(source)!r} is not in the target folder") from None
+        try:
+            owned = self.owned(source)
+            if owned is None:
+                raise Refused(f"{_shown(source)!r} is not in the target folder")
+            if not owned:
+                raise Refused(f"{_shown(source)!r} was not made by this restore (not moved)")
+            if self.owned(target) is False:
+                raise Refused(f"{_shown(target)!r} {_EXISTS}")
+            if not self.remove(target):
+                raise Refused(f"{_shown(target)!r} holds files this restore did not create")
+            dst_parent = self._walk.folder(target[:-1])
+            os.rename(source[-1], target[-1], src_dir_fd=src_parent, dst_dir_fd=dst_parent)
+        finally:
+            os.close(src_parent)
+        self._walk.forget()
+        moved = {k: v for k, v in self._fixups.items() if k[: len(source)] == source}
+        for key, fixup in moved.items():
+            del self._fixups[key]
+            new = target + key[len(source) :]
+            self._fixups[new] = _DirFixup(new, fixup.mode, fixup.mtime_ns, fixup.identity)
 
     # --- members ------------------------------------------------------------------------
 
     def add(self, entry: Entry, data: IO[bytes] | None) -> bool:
-        """Create `entry` now (True) or queue it for `finish` (False: a symlink)."""
+        """Create `entry` now (True) or queue it for `end_archive` (False: a symlink)."""
         if entry.kind == "symlink":
             self._symlinks.append(entry)
             return False
@@ -154,26 +208,44 @@ class Extractor:
     def _mkdir(self, entry: Entry) -> None:
         if not entry.parts:
             return  # the target folder itself: left as it is
-        parent = self._folder(entry.parts[:-1])
+        parent = self._walk.folder(entry.parts[:-1])
         name = entry.parts[-1]
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
         except FileExistsError:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                return  # merging into a folder that exists: its mode and times stay
-            raise Refused("already exists in the target folder (not overwritten)") from None
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            if not stat.S_ISDIR(st.st_mode):
+                self._claim(parent, name)  # a file an earlier archive made: replaced
+                self._remove(parent, name)
+                return self._mkdir(entry)
+            if identity_of(st) in self._ours:  # made by an earlier archive: its newer mode/time
+                self._fixups[entry.parts] = _DirFixup(
+                    entry.parts, entry.mode, entry.mtime_ns, identity_of(st)
+                )
+            return  # merging into a folder that exists: its mode and times stay
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         try:
-            identity = _identity(os.fstat(fd))
+            identity = identity_of(os.fstat(fd))
         finally:
             os.close(fd)
-        self._fixups.append(_DirFixup(entry.parts, entry.mode, entry.mtime_ns, identity))
+        self._own(identity)
+        self._fixups[entry.parts] = _DirFixup(entry.parts, entry.mode, entry.mtime_ns, identity)
+
+    def _place(self, parent: int, temp: str, name: str) -> None:
+        """Give the complete temporary `temp` its final name, over what `_claim` allowed."""
+        if self._claim(parent, name):
+            os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            return
+        try:
+            rename_noreplace(parent, temp, name)
+        except FileExistsError:
+            self._claim(parent, name)
+            raise Refused(_EXISTS) from None
 
     def _write(self, entry: Entry, data: IO[bytes]) -> None:
-        parent = self._folder(entry.parts[:-1])
+        parent = self._walk.folder(entry.parts[:-1])
         name = entry.parts[-1]
-        self._free(parent, name)  # early, before copying the content
+        self._claim(parent, name)  # early, before copying the content
         temp = TEMP_PREFIX + secrets.token_hex(8)
         fd = os.open(temp, _NEW_FILE, 0o600, dir_fd=parent)
         try:
@@ -184,24 +256,19 @@ class Extractor:
                         view = view[os.write(fd, view) :]
                 os.fchmod(fd, entry.mode)
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-                identity = _identity(os.fstat(fd))
             finally:
                 os.close(fd)
-            try:
-                rename_noreplace(parent, temp, name)
-            except FileExistsError:
-                self._free(parent, name)
-                raise Refused("already exists in the target folder (not overwritten)") from None
+            self._place(parent, temp, name)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp, dir_fd=parent)
             raise
-        self._created.add(identity)
+        self._made(parent, name)
 
     def _hard_link(self, entry: Entry) -> None:
         source = entry.link_parts
         try:
-            source_parent = os.dup(self._folder(source[:-1], create=False))
+            source_parent = os.dup(self._walk.folder(source[:-1], create=False))
         except FileNotFoundError:
             raise Refused(_not_ours(entry.link)) from None
         try:
@@ -209,25 +276,26 @@ class Extractor:
                 st = os.stat(source[-1], dir_fd=source_parent, follow_symlinks=False)
             except FileNotFoundError:
                 raise Refused(_not_ours(entry.link)) from None
-            if not stat.S_ISREG(st.st_mode) or _identity(st) not in self._created:
+            if not stat.S_ISREG(st.st_mode) or identity_of(st) not in self._ours:
                 raise Refused(_not_ours(entry.link))
-            parent = self._folder(entry.parts[:-1])
-            self._free(parent, entry.parts[-1])
+            parent = self._walk.folder(entry.parts[:-1])
+            temp = TEMP_PREFIX + secrets.token_hex(8)
             os.link(
-                source[-1],
-                entry.parts[-1],
-                src_dir_fd=source_parent,
-                dst_dir_fd=parent,
-                follow_symlinks=False,
+                source[-1], temp, src_dir_fd=source_parent, dst_dir_fd=parent, follow_symlinks=False
             )
+            try:
+                self._place(parent, temp, entry.parts[-1])
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp, dir_fd=parent)
+                raise
         finally:
             os.close(source_parent)
 
-    # --- the end --------------------------------------------------------------------------
+    # --- the end of an archive, and of the restore --------------------------------------
 
-    def finish(self) -> tuple[list[Entry], list[tuple[Entry, str]]]:
-        """Create the queued symlinks, then fix up folders; returns (made, failed) symlinks
-        and folders that could not get their mode or times. Flushes the filesystem."""
+    def end_archive(self) -> tuple[list[Entry], list[tuple[Entry, str]]]:
+        """Create the archive's queued symlinks; returns those (made, failed)."""
         made: list[Entry] = []
         failed: list[tuple[Entry, str]] = []
         for entry in self._symlinks:
@@ -240,33 +308,48 @@ class Extractor:
             else:
                 made.append(entry)
         self._symlinks.clear()
-        for fixup in reversed(self._fixups):
+        self._this_archive.clear()
+        return made, failed
+
+    def finish(self) -> list[tuple[Entry, str]]:
+        """Give folders their mode and times, deepest first; returns those that could not
+        get them. Flushes the filesystem."""
+        failed: list[tuple[Entry, str]] = []
+        for parts in sorted(self._fixups, reverse=True):
+            fixup = self._fixups[parts]
             problem = self._fix(fixup)
             if problem:
                 failed.append((Entry(fixup.parts, "dir", fixup.mode, fixup.mtime_ns), problem))
         self._fixups.clear()
-        self._forget()
+        self._walk.forget()
         syncfs(self._root)
-        return made, failed
+        return failed
 
     def _symlink(self, entry: Entry) -> None:
-        parent = self._folder(entry.parts[:-1])
+        parent = self._walk.folder(entry.parts[:-1])
         name = entry.parts[-1]
-        self._free(parent, name)
+        self._claim(parent, name)
+        temp = TEMP_PREFIX + secrets.token_hex(8)
+        os.symlink(entry.link, temp, dir_fd=parent)
         try:
-            os.symlink(entry.link, name, dir_fd=parent)
-        except FileExistsError:
-            raise Refused("already exists in the target folder (not overwritten)") from None
-        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+            os.utime(
+                temp, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False
+            )
+            self._place(parent, temp, name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=parent)
+            raise
+        self._made(parent, name)
 
     def _fix(self, fixup: _DirFixup) -> str | None:
         try:
-            parent = self._folder(fixup.parts[:-1], create=False)
-            fd = os.open(fixup.parts[-1], _DIR_FLAGS, dir_fd=parent)
+            parent = self._walk.folder(fixup.parts[:-1], create=False)
+            fd = os.open(fixup.parts[-1], DIR_FLAGS, dir_fd=parent)
         except (OSError, Refused):
             return "folder disappeared or was replaced during the restore"
         try:
-            if _identity(os.fstat(fd)) != fixup.identity:
+            if identity_of(os.fstat(fd)) != fixup.identity:
                 return "folder was replaced during the restore"
             os.fchmod(fd, fixup.mode)
             os.utime(fd, ns=(fixup.mtime_ns, fixup.mtime_ns))

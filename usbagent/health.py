@@ -3,20 +3,23 @@
 A file counts as a backup only when it is an archive a successful run recorded (the state
 dir's journal: name, size, sha256) and still matches that record; freshness is judged from
 those files, never from what a job claims (see `usbagent.status` for why it is this cheap
-check). The agent publishes a "stale" outcome from the very judgement `status` prints, and
-neither imports the other.
+check). An increment counts like a full, but only when its whole chain does
+(`chainhealth`): a night's increment whose full is gone restores nothing. The agent
+publishes a "stale" outcome from the very judgement `status` prints, and neither imports the
+other; `doctor` names the same broken chains.
 """
 
 from __future__ import annotations
 
 import os
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from usbagent import naming, state, systemd
+from usbagent import chainhealth, naming, state, systemd
 from usbagent.config import Config
 from usbagent.events import Kind, Outcome
 from usbagent.units import human_bytes
@@ -25,6 +28,8 @@ OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
 KINDS: tuple[Kind, ...] = typing.get_args(Kind)
 # An archive dated this far in the future would look fresh forever: a clock problem.
 FUTURE_TOLERANCE = timedelta(hours=1)
+# archive.full_every_days until the key lands in config (issue 11, helper "levels")
+DEFAULT_FULL_EVERY_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,11 @@ class Check:
     name: str
     state: str
     message: str
+    # what monitoring may want beyond the sentence (`status --json` only; never read back)
+    data: Mapping[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "state": self.state, "message": self.message}
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state, "message": self.message, **self.data}
 
 
 def _sidecar(folder: Path, name: str) -> tuple[str | None, str]:
@@ -134,6 +141,58 @@ def archive_problem(f: ArchiveFile) -> str | None:
     return None
 
 
+def full_every_days(config: Config) -> int:
+    """How often the archive job makes a full (`archive.full_every_days`)."""
+    return int(getattr(config.archive, "full_every_days", DEFAULT_FULL_EVERY_DAYS))
+
+
+def _good(archives: Iterable[ArchiveFile]) -> dict[naming.ArchiveName, ArchiveFile]:
+    """The files that are the archives their runs recorded, by parsed name."""
+    return {
+        parsed: a
+        for a in archives
+        if archive_problem(a) is None and (parsed := naming.parse(a.name)) is not None
+    }
+
+
+def _damaged(archives: Iterable[ArchiveFile]) -> dict[naming.ArchiveName, str]:
+    return {
+        parsed: problem
+        for a in archives
+        if (problem := archive_problem(a)) is not None and (parsed := naming.parse(a.name))
+    }
+
+
+def newest_restorable(archives: tuple[ArchiveFile, ...]) -> ArchiveFile | None:
+    """The newest good archive whose whole chain is good (an increment counts like a full)."""
+    good = _good(archives)
+    point = chainhealth.newest_restorable(good)
+    return good[point.archive] if point is not None else None
+
+
+def _described(f: ArchiveFile) -> str:
+    parsed = naming.parse(f.name)
+    if parsed is None or parsed.is_full:
+        return f.name
+    full = naming.make(parsed.prefix, parsed.full).filename
+    return f"{f.name} (increment {parsed.level} on {full})"
+
+
+def _none_in(archives: tuple[ArchiveFile, ...], destination: Path) -> str:
+    """That no archive in `destination` restores, and why (naming the check that says more)."""
+    if good := len(_good(archives)):
+        return (
+            f"no restorable archive in {destination} ({good} recorded archive(s), none with "
+            "its whole chain: see archive-chains)"
+        )
+    others = (
+        f" ({len(archives)} file(s) with archive names, none of them one: see archive-files)"
+        if archives
+        else ""
+    )
+    return f"no archive a successful run recorded in {destination}{others}"
+
+
 def check_archive(
     archives: tuple[ArchiveFile, ...],
     problem: str | None,
@@ -142,7 +201,8 @@ def check_archive(
     now: datetime,
     timer_active: bool = False,
 ) -> Check:
-    """Freshness of the newest good archive: one a run recorded, that still matches."""
+    """Freshness of the newest restorable archive: one a run recorded, that still matches,
+    whose chain's every member does too."""
     limit = timedelta(hours=stale_after_hours)
     despite = (
         f" although {systemd.ARCHIVE_TIMER} is enabled and active: the nightly job runs "
@@ -152,36 +212,113 @@ def check_archive(
     )
     if problem is not None:
         return Check("archive", CRITICAL, f"archive folder {destination} {problem}")
-    newest = next((a for a in archives if archive_problem(a) is None), None)
+    newest = newest_restorable(archives)
     if newest is None:
-        others = (
-            f" ({len(archives)} file(s) with archive names, none of them one: see archive-files)"
-            if archives
-            else ""
-        )
-        return Check(
-            "archive",
-            CRITICAL,
-            f"no archive a successful run recorded in {destination}{others}{despite}",
-        )
+        return Check("archive", CRITICAL, f"{_none_in(archives, destination)}{despite}")
     archive_age = now - newest.created
+    data = {"newest": newest.name, "age_seconds": int(archive_age.total_seconds())}
     if archive_age > limit:
         return Check(
             "archive",
             CRITICAL,
-            f"newest archive {newest.name} is {age(archive_age)} old "
+            f"newest archive {_described(newest)} is {age(archive_age)} old "
             f"(stale after {stale_after_hours:g} h){despite}",
+            data,
         )
     if -archive_age > FUTURE_TOLERANCE:
         return Check(
             "archive",
             WARNING,
             f"newest archive {newest.name} is dated in the future: check the system clock",
+            data,
         )
     return Check(
         "archive",
         OK,
-        f"newest archive {newest.name}, {age(archive_age)} old, {size(newest.size)}",
+        f"newest archive {_described(newest)}, {age(archive_age)} old, {size(newest.size)}",
+        data,
+    )
+
+
+def broken_members(
+    archives: tuple[ArchiveFile, ...], recorded: Iterable[str]
+) -> list[chainhealth.BrokenMember]:
+    """The chain members that leave restore points in the destination unrestorable;
+    `recorded`: the names of every archive a successful run recorded."""
+    names = (naming.parse(r) for r in recorded)
+    return chainhealth.broken_members(
+        _good(archives), _damaged(archives), [n for n in names if n is not None]
+    )
+
+
+def chain_in_force(archives: tuple[ArchiveFile, ...]) -> tuple[str, datetime] | None:
+    """The chain the next increment would extend: the newest good archive's."""
+    good = _good(archives)
+    return max(good).chain if good else None
+
+
+def check_chains(
+    archives: tuple[ArchiveFile, ...], recorded: Iterable[str], destination: Path
+) -> Check:
+    """CRITICAL for each chain member that leaves restore points unrestorable: those
+    backups look present but restore nothing (or an older state than their date)."""
+    broken = broken_members(archives, recorded)
+    if not broken:
+        return Check("archive-chains", OK, "every restore point has its whole chain")
+    # the newest chain first, its lowest broken level: the member that breaks the most
+    first = max(broken, key=lambda b: (b.chain, -b.level))
+    more = f"; and {len(broken) - 1} more broken member(s)" if len(broken) > 1 else ""
+    in_force = chain_in_force(archives)
+    return Check(
+        "archive-chains",
+        CRITICAL,
+        f"chain member {first.describe()}: {len(first.breaks)} restore point(s) cannot be "
+        f"restored ({', '.join(first.breaks)}){more}; {chain_fix(first, in_force, destination)}",
+        {"broken": [b.to_json() for b in broken]},
+    )
+
+
+def chain_fix(
+    member: chainhealth.BrokenMember, in_force: tuple[str, datetime] | None, destination: Path
+) -> str:
+    """What to do: the archive job starts a new full only when the chain in force (the
+    newest archive's) is the broken one; an older chain is mended from a stick or lost."""
+    copy_back = (
+        f"copy {member.files[0]} and its sidecar back into {destination} from a stick that "
+        "holds it, if one does"
+        if member.files and member.failure != "ambiguous"
+        else f"find out what put or removed these archives in {destination}"
+    )
+    chain = naming.parse(member.chain)
+    if chain is not None and chain.chain == in_force:
+        return (
+            f"run `usbagent archive` now: it starts a new full, as the chain in force is "
+            f"broken; and {copy_back}"
+        )
+    return f"{copy_back}; otherwise these restore points are lost (retention removes them)"
+
+
+def check_full_age(archives: tuple[ArchiveFile, ...], every_days: int, now: datetime) -> Check:
+    """A WARNING when the newest full is older than twice `archive.full_every_days`: fulls
+    stopped coming, and each night adds to a chain that a lost member breaks whole."""
+    good = _good(archives)
+    full = chainhealth.newest_full(good)
+    if full is None:
+        return Check("full-archive", OK, "no full archive yet (see archive)")
+    full_age = now - full.created
+    data = {"newest_full": full.filename, "age_seconds": int(full_age.total_seconds())}
+    due = f"a full is due every {every_days} d, archive.full_every_days"
+    if not chainhealth.full_overdue(full, every_days, now):
+        return Check(
+            "full-archive", OK, f"newest full archive {full.filename}, {age(full_age)} old", data
+        )
+    held = sum(1 for a in good if a.chain == full.chain)
+    return Check(
+        "full-archive",
+        WARNING,
+        f"newest full archive {full.filename} is {age(full_age)} old ({due}): its chain holds "
+        f"{held} archives; see the archive runs' outcomes for why no full was made",
+        data,
     )
 
 
@@ -194,7 +331,11 @@ def archive_freshness(config: Config, now: datetime) -> Outcome | None:
     )
     if check.state == OK:
         return None
-    newest = next((a.name for a in archives if archive_problem(a) is None), None)
+    newest = newest_restorable(archives)
     return Outcome(
-        kind="stale", ok=False, summary=check.message, time=now, details={"archive": newest}
+        kind="stale",
+        ok=False,
+        summary=check.message,
+        time=now,
+        details={"archive": newest.name if newest else None},
     )

@@ -31,6 +31,9 @@ class Note:
     body: str
     urgency: int
     time: datetime
+    # Nothing went wrong (a stick found, a clean copy): a digest of missed notes may fold it
+    # into a count. Notes stored before this field existed read as problems, never dropped.
+    routine: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -45,6 +48,7 @@ class Note:
             body=str(d["body"]),
             urgency=int(d["urgency"]),
             time=datetime.fromisoformat(d["time"]),
+            routine=d.get("routine") is True,
         )
 
 

@@ -2,7 +2,7 @@
 
 The one place the words about a stick are made: `sync` calls `finished`/`failed`/`refused`
 with what happened (a `Run`), and whoever ends the stick's handling adds how it may be taken
-out (`told`), with the same fact as data (`details["removal"]`) for every reader.
+out (`told`), with the same fact as data (`SyncDetails.removal`) for every reader.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from usbagent.config import Config
+from usbagent.details import ForeignDetails, SyncDetails
 from usbagent.devices import Partition, describe
 from usbagent.events import Outcome, Removal
 from usbagent.journal import StickReport
@@ -56,27 +56,28 @@ class Run:
         kept = [f for f in self.audit.present if f.name not in gone]
         return tuple(sorted({*kept, *self.copied}, key=lambda f: f.name, reverse=True))
 
-    def details(self) -> dict[str, Any]:
+    def details(self) -> SyncDetails:
+        """What the run did so far, as the outcome's details (`.to_json()` to store them)."""
         audit = self.audit
         holds = self.holds()
-        return {
-            "label": self.label,
-            "uuid": self.uuid,
-            "fstype": self.fstype,
-            "copied": [f.name for f in self.copied],
-            "bytes": self.copied_bytes,
-            "verified": len(holds or ()),  # the verified copies the stick holds now
-            "replaced": list(self.removed_corrupt),
-            "corrupt": list(audit.corrupt) if audit else [],
-            "foreign": [{"name": f.name, "why": f.why} for f in audit.foreign] if audit else [],
-            "future": list(self.future),
-            "unrecorded": list(self.unrecorded),
-            "corrupt_local": [str(c.path) for c in self.corrupt_local],
-            "pruned": list(self.pruned),
-            "free_bytes": self.free_bytes,
-            "archives": [f.name for f in holds or ()],
-            "duration": round(time.monotonic() - self.started, 3),
-        }
+        return SyncDetails(
+            label=self.label,
+            uuid=self.uuid,
+            fstype=self.fstype,
+            copied=tuple(f.name for f in self.copied),
+            bytes=self.copied_bytes,
+            verified=len(holds or ()),  # the verified copies the stick holds now
+            replaced=tuple(self.removed_corrupt),
+            corrupt=tuple(audit.corrupt) if audit else (),
+            foreign=tuple(ForeignDetails(f.name, f.why) for f in audit.foreign) if audit else (),
+            future=self.future,
+            unrecorded=self.unrecorded,
+            corrupt_local=tuple(str(c.path) for c in self.corrupt_local),
+            pruned=tuple(self.pruned),
+            free_bytes=self.free_bytes,
+            archives=tuple(f.name for f in holds or ()),
+            duration=round(time.monotonic() - self.started, 3),
+        )
 
 
 def human(n: int | None) -> str:
@@ -101,15 +102,15 @@ def told(
         "left-mounted": f"left mounted at {where} as it was found (usbagent did not mount "
         "it): unmount it before removing the stick",
     }[removal]
-    details = {
-        **outcome.details,
-        "removal": removal,
-        "unmounted": removal in ("unmounted", "powered-off"),
-        "powered_off": removal == "powered-off",
-        "repaired": repaired,
-    }
+    details = dataclasses.replace(
+        SyncDetails.of(outcome),
+        removal=removal,
+        unmounted=removal in ("unmounted", "powered-off"),
+        powered_off=removal == "powered-off",
+        repaired=repaired,
+    )
     summary = f"{outcome.summary}; {REPAIRED}" if repaired else outcome.summary
-    said = dataclasses.replace(outcome, summary=f"{summary}; {tail}", details=details)
+    said = dataclasses.replace(outcome, summary=f"{summary}; {tail}", details=details.to_json())
     return dataclasses.replace(report, outcome=said)
 
 
@@ -217,7 +218,7 @@ def finished(run: Run, config: Config, have_local: bool) -> Outcome:
         )
     else:
         summary = f"{run.stick} is up to date, {verified} archive(s) verified{extra}; {tail}"
-    return Outcome(kind="sync", ok=True, summary=summary, details=run.details())
+    return Outcome(kind="sync", ok=True, summary=summary, details=run.details().to_json())
 
 
 def failed(run: Run, cause: str) -> Outcome:
@@ -231,7 +232,7 @@ def failed(run: Run, cause: str) -> Outcome:
         kind="sync",
         ok=False,
         summary=f"sync to {run.stick} failed: {cause}{done}",
-        details={**run.details(), "error": cause},
+        details=dataclasses.replace(run.details(), error=cause).to_json(),
     )
 
 
@@ -250,7 +251,7 @@ def pulled(run: Run) -> Outcome:
         ok=False,
         summary=f"{run.stick} plugged in but not backed up: {REMOVED} ({done}); plug it in "
         'again and wait for "safe to remove"',
-        details={**run.details(), "error": REMOVED},
+        details=dataclasses.replace(run.details(), error=REMOVED).to_json(),
     )
 
 
@@ -259,7 +260,7 @@ def refused(run: Run, reason: str) -> Outcome:
         kind="refused",
         ok=False,
         summary=f"{run.stick} refused: {reason}",
-        details={**run.details(), "reason": reason},
+        details=dataclasses.replace(run.details(), reason=reason).to_json(),
     )
 
 

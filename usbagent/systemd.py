@@ -1,7 +1,8 @@
 """Read what systemd recorded about usbagent's units (`systemctl show`), for status and doctor.
 
-`systemctl show` is used rather than a D-Bus client because it speaks to the system or user
-manager alike (the scope rule is the OnFailure hook's, `unitfailure.user_scope`:
+The one `systemctl show` client and parser: `status`, `doctor` and the OnFailure hook
+(`unitfailure`) all ask through `show`. `systemctl show` is used rather than a D-Bus client
+because it speaks to the system or user manager alike (`user_scope`:
 $USBAGENT_SYSTEMD_SCOPE=user|system, else $MANAGERPID means a user manager). With
 --timestamp=unix it prints `*Timestamp` properties as `@<seconds>`, but systemd 252 prints a
 timer's NextElapseUSecRealtime and LastTriggerUSec in its default style
@@ -18,8 +19,6 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from usbagent.unitfailure import user_scope
 
 AGENT_SERVICE = "usbagent.service"
 ARCHIVE_SERVICE = "usbagent-archive.service"
@@ -76,27 +75,43 @@ def parse_timestamp(value: str) -> datetime | None:
         return None
 
 
-def scope_args() -> list[str]:
-    """Same rule as the OnFailure hook: $USBAGENT_SYSTEMD_SCOPE, else $MANAGERPID means user."""
-    return ["--user"] if user_scope(os.environ) else []
+def user_scope(env: Mapping[str, str]) -> bool:
+    """Whether usbagent's units live under a user manager: $USBAGENT_SYSTEMD_SCOPE=user|system,
+    else $MANAGERPID (which a user manager sets for the units it starts)."""
+    explicit = env.get("USBAGENT_SYSTEMD_SCOPE", "").strip().lower()
+    if explicit in ("user", "system"):
+        return explicit == "user"
+    return "MANAGERPID" in env
 
 
-def show(units: Sequence[str], props: Sequence[str]) -> dict[str, Unit]:
+def scope_args(user: bool | None = None) -> list[str]:
+    """`--user` for a user manager; `user` None: decided by `user_scope` of the environment."""
+    return ["--user"] if (user_scope(os.environ) if user is None else user) else []
+
+
+def show(
+    units: Sequence[str],
+    props: Sequence[str],
+    user: bool | None = None,
+    timeout: float = TIMEOUT_SECONDS,
+) -> dict[str, Unit]:
     """Properties of each unit; raise SystemdUnavailable when no manager can be asked."""
-    cmd = ["systemctl", *scope_args(), "show", "--timestamp=unix", "-p", ",".join(props)]
+    cmd = ["systemctl", *scope_args(user), "show", "--timestamp=unix", "-p", ",".join(props)]
     try:
         proc = subprocess.run(
             [*cmd, *units],
             capture_output=True,
             text=True,
-            timeout=TIMEOUT_SECONDS,
+            timeout=timeout,
             check=False,
             env={**os.environ, **SHOW_ENV},
         )
     except FileNotFoundError:
         raise SystemdUnavailable("systemctl is not installed") from None
+    except OSError as exc:
+        raise SystemdUnavailable(f"cannot run systemctl: {exc.strerror or exc}") from None
     except subprocess.TimeoutExpired:
-        raise SystemdUnavailable(f"systemctl show did not answer in {TIMEOUT_SECONDS} s") from None
+        raise SystemdUnavailable(f"systemctl show did not answer in {timeout:g} s") from None
     if proc.returncode != 0:
         first = (proc.stderr.strip().splitlines() or ["systemctl show failed"])[0]
         raise SystemdUnavailable(first)

@@ -25,6 +25,8 @@ Kind = Literal["dir", "file", "symlink", "hardlink"]
 FILE_MODE_MASK = 0o755
 FILE_MODE_MIN = 0o600
 DIR_MODE_MIN = 0o700
+DUMPDIR = b"D"  # GNU tar's incremental folder member: a folder whose data lists its entries
+MAX_DUMPDIR = 256 * 1024 * 1024  # a folder of millions of names; held in memory while applied
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Entry:
     size: int = 0
     link: str = ""  # symlink: the target as stored; hard link: the source's name
     link_parts: tuple[str, ...] = ()  # hard link: the source's path components
+    dumpdir: bool = False  # a folder with a dumpdir (usbagent.dumpdir) as its data
 
 
 def split(name: str) -> tuple[str, ...]:
@@ -47,8 +50,10 @@ def split(name: str) -> tuple[str, ...]:
 
 def _type_problem(member: tarfile.TarInfo) -> str | None:
     """Why a member's type is not restored: devices, fifos and types tar does not define."""
-    if _is_dir(member) or member.isreg() or member.issym() or member.islnk():
+    if member.isdir() or member.isreg() or member.issym() or member.islnk():
         return None
+    if member.type == DUMPDIR:
+        return None if member.size <= MAX_DUMPDIR else "dumpdir larger than 256 MiB"
     if member.ischr() or member.isblk():
         return "device file"
     if member.isfifo():
@@ -56,13 +61,8 @@ def _type_problem(member: tarfile.TarInfo) -> str | None:
     return f"unsupported member type {member.type!r}"
 
 
-def _is_dir(member: tarfile.TarInfo) -> bool:
-    """A folder, or GNU tar's folder record with its listing (type 'D', incremental)."""
-    return member.isdir() or member.type == b"D"
-
-
 def _kind(member: tarfile.TarInfo) -> Kind:
-    if _is_dir(member):
+    if member.isdir() or member.type == DUMPDIR:
         return "dir"
     if member.issym():
         return "symlink"
@@ -111,4 +111,6 @@ def classify(member: tarfile.TarInfo) -> Entry | str:
         if not source_parts:
             return "hard link without a source"
         return Entry(parts, "hardlink", mode, mtime_ns, link=source, link_parts=source_parts)
+    if member.type == DUMPDIR:
+        return Entry(parts, "dir", mode, mtime_ns, dumpdir=True)
     return Entry(parts, kind, mode, mtime_ns, size=member.size if kind == "file" else 0)

@@ -23,15 +23,14 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from usbagent import journal, state
+from usbagent import journal, state, systemd
 from usbagent.config import Config
-from usbagent.details import unit_of
+from usbagent.details import UnitDetails
 from usbagent.events import Outcome
 
 log = logging.getLogger(__name__)
@@ -45,6 +44,8 @@ PROPERTIES = (
     "ExecStart",
     "ExecMainStartTimestampMonotonic",
 )
+# A manager busy with the failure it just handled may be slow to answer.
+QUERY_TIMEOUT_SECONDS = 30
 # The unit whose program records why it failed (`usbagent archive` writes last/archive.json).
 ARCHIVE_UNIT = "usbagent-archive.service"
 
@@ -72,18 +73,6 @@ RESULTS = {
 # ExecMainCode is a siginfo si_code: CLD_EXITED, CLD_KILLED, CLD_DUMPED.
 CLD_EXITED = "1"
 EXIT_CODES_BY_NAME = {"exited": CLD_EXITED, "killed": "2", "dumped": "3"}
-
-
-def user_scope(env: Mapping[str, str]) -> bool:
-    explicit = env.get("USBAGENT_SYSTEMD_SCOPE", "").strip().lower()
-    if explicit in ("user", "system"):
-        return explicit == "user"
-    return "MANAGERPID" in env
-
-
-def parse_show(text: str) -> dict[str, str]:
-    """`systemctl show` output (Key=Value lines) as a dict."""
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def _signal_name(value: str) -> str:
@@ -120,15 +109,11 @@ def describe(unit: str, props: Mapping[str, str]) -> str:
 
 def query(unit: str, user: bool) -> tuple[dict[str, str], str]:
     """The unit's properties from its manager, or ({}, why not) when it cannot be asked."""
-    cmd = ["systemctl", *(["--user"] if user else []), "show", unit]
-    cmd.append("--property=" + ",".join(PROPERTIES))
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        found = systemd.show([unit], PROPERTIES, user=user, timeout=QUERY_TIMEOUT_SECONDS)
+    except systemd.SystemdUnavailable as exc:
         return {}, f"systemctl show failed: {exc}"
-    if done.returncode != 0:
-        return {}, f"systemctl show failed: {done.stderr.strip() or done.returncode}"
-    return parse_show(done.stdout), ""
+    return dict(found[unit].props), ""
 
 
 def props_from_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -152,18 +137,23 @@ def outcome_for(unit: str, env: Mapping[str, str]) -> Outcome | None:
         if env["SERVICE_RESULT"] == "success":
             return None
         props = props_from_env(env)
-        details = {"unit": unit, "via": "ExecStopPost", **props}
-        return Outcome("unit-failed", ok=False, summary=describe(unit, props), details=details)
-    user = user_scope(env)
+        details = UnitDetails(unit, "ExecStopPost", systemd=props)
+        summary = describe(unit, props)
+        return Outcome("unit-failed", ok=False, summary=summary, details=details.to_json())
+    user = systemd.user_scope(env)
     props, problem = query(unit, user)
     summary = describe(unit, props) + (f" ({problem})" if problem else "")
     restarts = props.get("NRestarts", "0")
     if restarts not in ("", "0"):  # the ExecStopPost hook reported each run; this is final
         summary += f"; systemd stopped restarting it after {restarts} restarts"
-    journal = f"journalctl {'--user ' if user else ''}-u {unit}"
-    details = {"unit": unit, "via": "OnFailure", "scope": "user" if user else "system"}
-    details |= {"journal": journal, **props}
-    return Outcome("unit-failed", ok=False, summary=summary, details=details)
+    details = UnitDetails(
+        unit,
+        "OnFailure",
+        scope="user" if user else "system",
+        journal=f"journalctl {'--user ' if user else ''}-u {unit}",
+        systemd=props,
+    )
+    return Outcome("unit-failed", ok=False, summary=summary, details=details.to_json())
 
 
 def started_at(props: Mapping[str, str], now: datetime, monotonic: float) -> datetime | None:
@@ -177,15 +167,17 @@ def started_at(props: Mapping[str, str], now: datetime, monotonic: float) -> dat
 def with_job_reason(outcome: Outcome, job: Outcome | None, started: datetime | None) -> Outcome:
     """The archive unit's failure with the reason its program recorded ("exited with status
     1" alone sends a person to the journal), when that record is from the failed run."""
+    failed = UnitDetails.of(outcome)
     if (
-        unit_of(outcome) != ARCHIVE_UNIT
+        failed is None
+        or failed.unit != ARCHIVE_UNIT
         or job is None
         or job.ok
         or started is None
         or job.time < started
     ):
         return outcome
-    details = outcome.details | {"reason": job.summary}
+    details = replace(failed, reason=job.summary).to_json()
     return replace(outcome, summary=f"{outcome.summary}: {job.summary}", details=details)
 
 
@@ -196,7 +188,9 @@ def run(config: Config | None, args: argparse.Namespace) -> int:
     if outcome is None:
         return 0
     with contextlib.suppress(OSError, ValueError):  # without the record: the bare failure
-        started = started_at(outcome.details, datetime.now(UTC), time.monotonic())
+        failed = UnitDetails.of(outcome)
+        props = failed.systemd if failed is not None else {}
+        started = started_at(props, datetime.now(UTC), time.monotonic())
         outcome = with_job_reason(outcome, state.last(config.agent.state_dir, "archive"), started)
     log.error("%s", outcome.summary)
     try:

@@ -6,21 +6,28 @@ With an identity (`--identity`, else the configured one or its systemd credentia
 archive is also decrypted, decompressed and its tar stream read to the very end, which is
 what a restore would need. A folder means every archive in it; a folder without archives
 fails, so a wrong path never verifies "successfully" nothing.
+
+Incremental archives are checked as restore points: each archive's chain (its full, then
+levels 1..N, found beside it) must be complete, or the archive fails, naming the missing
+level and its file name. Every member of the chains of the archives named is checked too
+(sidecar; with an identity, read through), so `verify ARCHIVE` answers "can ARCHIVE be
+restored?" and not only "is this one file intact?".
 """
 
 from __future__ import annotations
 
 import hashlib
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from usbagent import credentials, naming
+from usbagent import chainfind, credentials, dumpdir, naming
 from usbagent.config import Config
 from usbagent.decrypt import members, open_tar
 from usbagent.errors import UsbagentError
 from usbagent.recipients import Identity, load_identities
-from usbagent.tarsafety import classify
+from usbagent.tarsafety import DUMPDIR, classify
 from usbagent.units import human_bytes
 
 MAX_NAMED = 5  # refused members named in one verify line
@@ -76,6 +83,18 @@ def check_checksum(archive: Path) -> str | None:
     return None
 
 
+def _refusal(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str | None:
+    """Why restore would refuse the member (its dumpdir included), or None."""
+    entry = classify(member)
+    if isinstance(entry, str):
+        return entry
+    if member.type != DUMPDIR:
+        return None
+    data = tar.extractfile(member)
+    parsed = dumpdir.parse(data.read() if data is not None else b"")
+    return parsed if isinstance(parsed, str) else None
+
+
 def read_through(archive: Path, identities: list[Identity]) -> str:
     """Decrypt and read the whole tar stream; returns a summary, raises UsbagentError.
 
@@ -88,8 +107,8 @@ def read_through(archive: Path, identities: list[Identity]) -> str:
         for member in members(tar):
             count += 1
             size += member.size if member.isreg() else 0
-            reason = classify(member)
-            if isinstance(reason, str):
+            reason = _refusal(tar, member)
+            if reason is not None:
                 refused += 1
                 if len(named) < MAX_NAMED:
                     named.append(f"{member.name!r} ({reason})")
@@ -99,6 +118,27 @@ def read_through(archive: Path, identities: list[Identity]) -> str:
             f"restore would refuse {refused} of its {count} members: {', '.join(named)}{more}"
         )
     return f"decrypted and read {count} members, {human_bytes(size)}"
+
+
+def with_chains(archives: list[Path]) -> tuple[list[Path], list[Checked]]:
+    """The archives and every member of their chains (each once, the named ones first), and
+    a failure for each archive whose chain is incomplete."""
+    found: dict[Path, None] = dict.fromkeys(archives)
+    broken: list[Checked] = []
+    for archive in archives:
+        try:
+            point = chainfind.point_of(archive)
+        except UsbagentError as exc:
+            broken.append(Checked(archive, str(exc)))
+            continue
+        if point is None:
+            continue
+        restore_point, present = point
+        if not restore_point.complete:
+            why = chainfind.problems(restore_point, present)
+            broken.append(Checked(archive, f"cannot be restored, its chain is incomplete: {why}"))
+        found.update(dict.fromkeys(archive.parent / f for f in restore_point.filenames))
+    return list(found), broken
 
 
 def check(archive: Path, identities: list[Identity] | None) -> Checked:
@@ -122,8 +162,9 @@ def identity_file(config: Config | None, option: str | None) -> Path | None:
 def run(config: Config | None, args: Any) -> int:
     key = identity_file(config, args.identity)
     identities = load_identities(key) if key is not None else None
-    archives, results = expand(args.paths)
-    results += [check(a, identities) for a in archives]
+    named, results = expand(args.paths)
+    archives, broken = with_chains(named)
+    results += broken + [check(a, identities) for a in archives]
     for r in results:
         if r.problem:
             print(f"FAILED  {r.path}: {r.problem}")

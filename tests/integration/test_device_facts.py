@@ -71,14 +71,14 @@ def test_udev_backend_and_usbagent_sync_read_a_device_through_one_conversion(
 def test_doctor_and_the_agents_auto_choice_ask_the_same_question(stack: object) -> None:
     """UDisks2 running (the stack's udisksd): both see it; on a bus without it, neither."""
     from tests.integration.dbus_doubles import private_system_bus
-    from usbagent import doctor, sources
+    from usbagent import doctorhost, sources
 
     assert asyncio.run(sources.udisks_on_bus()) is True
-    assert doctor.udisks_available(None, activatable=False)[0] is True
+    assert doctorhost.udisks_available(None, activatable=False)[0] is True
     with private_system_bus() as empty:
         assert asyncio.run(sources.udisks_on_bus(empty)) is False
         for activatable in (False, True):
-            assert doctor.udisks_available(empty, activatable) == (
+            assert doctorhost.udisks_available(empty, activatable) == (
                 False,
                 "UDisks2 not on the system bus",
             )

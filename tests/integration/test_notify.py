@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from tests.integration.dbus_doubles import LogindSession, private_system_bus, start_logind
-from usbagent import notify, outbox, status
+from usbagent import asuser, health, notify, outbox, statuschecks
 from usbagent.config import AgentConfig, Config
 from usbagent.events import Outcome
 
@@ -151,7 +151,7 @@ def system_bus() -> Iterator[str]:
 
 @pytest.fixture
 def config(tmp_path: Path, desktop: Desktop, monkeypatch: pytest.MonkeyPatch) -> Config:
-    monkeypatch.setenv(notify.RUNTIME_ROOT_ENV, str(desktop.runtime_root))
+    monkeypatch.setenv(asuser.RUNTIME_ROOT_ENV, str(desktop.runtime_root))
     return Config(agent=AgentConfig(state_dir=tmp_path / "state"))
 
 
@@ -235,8 +235,8 @@ def test_no_session_keeps_the_notification_logs_it_and_status_shows_it(
     assert [n.summary for n in kept] == ["Backup is out of date"]
     assert kept[0].urgency == outbox.CRITICAL
     assert "kept for later (no graphical session): Backup is out of date" in caplog.text
-    check = status.check_notifications(tuple(kept))
-    assert check.state == status.WARNING and "1 desktop notification(s)" in check.message
+    check = statuschecks.check_notifications(tuple(kept))
+    assert check.state == health.WARNING and "1 desktop notification(s)" in check.message
 
 
 def test_login_after_the_event_delivers_what_was_missed_even_to_a_slow_desktop(

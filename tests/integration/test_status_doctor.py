@@ -27,7 +27,18 @@ from pyrage import x25519
 from tests.integration.dbus_doubles import private_system_bus
 from tests.stack import MakeStick, PartSpec
 from tests.stack.user_manager import UserManager
-from usbagent import doctor, journal, ledger, naming, state, sync, synccmd, systemd, udev
+from usbagent import (
+    doctor,
+    doctorbase,
+    journal,
+    ledger,
+    naming,
+    state,
+    sync,
+    synccmd,
+    systemd,
+    udev,
+)
 from usbagent.config import AgentConfig, ArchiveConfig, Config, UsbConfig
 from usbagent.events import Outcome
 
@@ -49,7 +60,7 @@ class Deployment:
         empty.mkdir(exist_ok=True)
         return {
             **os.environ,
-            doctor.UNIT_DIRS_ENV: str(self.units),
+            doctorbase.UNIT_DIRS_ENV: str(self.units),
             "USBAGENT_SYSTEMD_SCOPE": "user",
             "XDG_RUNTIME_DIR": str(empty),
             **extra,
@@ -317,8 +328,8 @@ def test_doctor_under_systemd_reads_the_unit_files_systemd_loaded(
                for line in lines)  # fmt: skip
 
 
-def locations(d: Deployment, **changes: Any) -> doctor.Locations:
-    return replace(doctor.Locations(unit_dirs=(d.units,)), **changes)
+def locations(d: Deployment, **changes: Any) -> doctorbase.Locations:
+    return replace(doctorbase.Locations(unit_dirs=(d.units,)), **changes)
 
 
 def problems(d: Deployment, config: Config | None = None, **changes: Any) -> list[str]:
@@ -478,7 +489,7 @@ def test_doctor_tools(deployment: Deployment) -> None:
     )
     code = (
         "import sys; sys.modules['zstandard'] = None\n"
-        "from usbagent.doctor import Locations, check_tools\n"
+        "from usbagent.doctorbase import Locations\nfrom usbagent.doctorhost import check_tools\n"
         "print('\\n'.join(f.line() for f in check_tools(Locations())))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,12 +7,13 @@ import threading
 from pathlib import Path
 
 from usbagent import journal, mounts, state
-from usbagent.agent import idle_status, lag_summary, progress_status
+from usbagent.agentstatus import idle_status, lag_summary
 from usbagent.backend import EventQueue, emit
 from usbagent.config import AgentConfig
 from usbagent.decide import stick_id
 from usbagent.devices import Partition
 from usbagent.events import Outcome
+from usbagent.stickjob import progress_status
 from usbagent.udev import facts_from_udev, is_candidate, mount_name
 from usbagent.udisks import BLOCK, DRIVE, FILESYSTEM, LOOP, PARTITION, partition_facts
 

@@ -75,3 +75,10 @@ def test_old_names_are_fulls_and_each_is_its_own_restore_point() -> None:
     old = [naming.parse(f"h-2026110{d}T020000Z.tar.zst.age") for d in range(1, 4)]
     points = chains.restore_points(a for a in old if a is not None)
     assert [len(p.members) for p in points] == [1, 1, 1] and all(p.complete for p in points)
+
+
+def test_a_missing_member_is_named_as_far_as_its_name_is_known() -> None:
+    point = chains.restore_point(inc(3, 3, 0), [full(0), inc(3, 3, 0)])
+    assert point.missing == (1, 2)
+    assert chains.expected_name(point, 0) == full(0).filename
+    assert chains.expected_name(point, 2) == "h-*.inc2.20261101T020000Z.tar.zst.age"

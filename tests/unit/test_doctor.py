@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from usbagent import credentials, doctor, mounts
+from usbagent import credentials, doctorfiles, doctorhost, mounts
 from usbagent.config import ArchiveConfig, Config
 
 GiB = 2**30
@@ -22,7 +22,7 @@ ExecStart=-/usr/local/bin/usbagent --config /etc/usbagent/config.toml \\
 ExecStart=
 ReadWritePaths=/data/backups -/run/media +/var/lib/usbagent
 """
-    unit = doctor.parse_unit(text)
+    unit = doctorhost.parse_unit(text)
     assert unit.exec_paths == ("/usr/local/bin/usbagent",)
     # "-/run/media" may be missing (systemd skips it): doctor must not call that a problem.
     assert unit.read_write_paths == ("/data/backups", "/var/lib/usbagent")
@@ -53,13 +53,13 @@ def test_fstype_of_picks_the_innermost_mount(path: str, fstype: str) -> None:
 
 
 def test_fat_limits() -> None:
-    assert doctor.fs_limit_problem("ext4", 10 * GiB) is None
-    assert doctor.fs_limit_problem("vfat", 1 * GiB) is None
-    soon = doctor.fs_limit_problem("vfat", 3 * GiB)
+    assert doctorfiles.fs_limit_problem("ext4", 10 * GiB) is None
+    assert doctorfiles.fs_limit_problem("vfat", 1 * GiB) is None
+    soon = doctorfiles.fs_limit_problem("vfat", 3 * GiB)
     assert soon is not None and "already 3.0 GiB" in soon
-    over = doctor.fs_limit_problem("msdos", 5 * GiB)
+    over = doctorfiles.fs_limit_problem("msdos", 5 * GiB)
     assert over is not None and "files stop at 4 GiB" in over
-    assert doctor.fs_limit_problem("exfat", 100 * GiB) is None  # exFAT has no 4 GiB limit
+    assert doctorfiles.fs_limit_problem("exfat", 100 * GiB) is None  # exFAT has no 4 GiB limit
 
 
 def test_identity_path_prefers_a_systemd_credential(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_identity_path_prefers_a_systemd_credential(tmp_path: Path) -> None:
 
 def test_a_source_that_is_a_device_is_a_problem(tmp_path: Path) -> None:
     config = Config(archive=ArchiveConfig(sources=(Path("/dev/null"),), destination=tmp_path))
-    (finding,) = [f for f in doctor.check_paths(config) if f.name == "source"]
+    (finding,) = [f for f in doctorfiles.check_paths(config) if f.name == "source"]
     assert not finding.ok
     assert (
         finding.message

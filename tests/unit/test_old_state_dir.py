@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from usbagent import journal, metrics, naming, notify, state, status
+from usbagent import journal, metrics, naming, notify, state, statuschecks, statusfacts
 from usbagent.config import AgentConfig, ArchiveConfig, Config
 from usbagent.details import ArchiveDetails, SyncDetails
 from usbagent.events import Outcome
@@ -76,8 +76,8 @@ def old_state_dir(root: Path) -> Config:
 
 def test_status_reads_a_state_dir_the_previous_version_wrote(tmp_path: Path) -> None:
     config = old_state_dir(tmp_path)
-    checks = {c.name: c for c in status.evaluate(status.gather(config), config, NOW)}
-    assert checks["archive"].state == status.OK, checks["archive"]
+    checks = {c.name: c for c in statuschecks.evaluate(statusfacts.gather(config), config, NOW)}
+    assert checks["archive"].state == statuschecks.OK, checks["archive"]
     assert "UA (1234-abcd)" in checks["last-sync"].message
     assert "1 copied, 1 verified, 1.0 GiB free" in checks["last-sync"].message
 
@@ -117,7 +117,7 @@ def test_status_knows_the_last_good_run_after_failures_trimmed_it_away(
     for i in range(40):
         journal.record(agent, Outcome("archive", False, f"tar exited 2 ({i})", NOW))
     (config.archive.destination / name).unlink()
-    checks = {c.name: c for c in status.evaluate(status.gather(config), config, NOW)}
-    assert checks["archive-files"].state == status.CRITICAL
+    checks = {c.name: c for c in statuschecks.evaluate(statusfacts.gather(config), config, NOW)}
+    assert checks["archive-files"].state == statuschecks.CRITICAL
     assert f"newest archive {name}" in checks["archive-files"].message
     assert "is gone from" in checks["archive-files"].message

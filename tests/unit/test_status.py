@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from usbagent import naming, outbox, state, status, systemd
+from usbagent import health, naming, outbox, state, status, statuschecks, statusfacts, systemd
 from usbagent.config import AgentConfig, Config
 from usbagent.events import Kind, Outcome
-from usbagent.status import CRITICAL, OK, UNKNOWN, WARNING, ArchiveFile, Check, Facts, Heartbeat
+from usbagent.health import CRITICAL, OK, UNKNOWN, WARNING, ArchiveFile, Check
+from usbagent.statusfacts import Facts, Heartbeat
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CONFIG = Config(agent=AgentConfig(stale_after_hours=26, usb_stale_after_days=7))
@@ -75,7 +76,7 @@ def healthy() -> Facts:
             pid=42, time=NOW - timedelta(seconds=5), status="idle", alive=True, source_alive=True
         ),
         sticks=(
-            status.Stick(
+            statusfacts.Stick(
                 uuid="1234-abcd",
                 label="SOVB",
                 last_ok_sync=hours_ago(20),
@@ -94,12 +95,12 @@ def healthy() -> Facts:
 
 
 def checks_of(facts: Facts) -> dict[str, Check]:
-    return {c.name: c for c in status.evaluate(facts, CONFIG, NOW)}
+    return {c.name: c for c in statuschecks.evaluate(facts, CONFIG, NOW)}
 
 
 def test_healthy_system_is_ok_with_every_fact_in_the_messages() -> None:
-    checks = status.evaluate(healthy(), CONFIG, NOW)
-    assert status.overall(checks) == OK, checks
+    checks = statuschecks.evaluate(healthy(), CONFIG, NOW)
+    assert statuschecks.overall(checks) == OK, checks
     by_name = {c.name: c for c in checks}
     assert NAME in by_name["archive"].message and "10 h 0 min old" in by_name["archive"].message
     assert "123.0 MiB" in by_name["archive"].message
@@ -118,7 +119,7 @@ def test_the_failure_this_project_exists_for_active_timer_but_no_fresh_archive()
     assert "30 h 0 min old" in checks["archive"].message
     assert "usbagent-archive.timer is enabled and active" in checks["archive"].message
     assert checks["archive-timer"].state == OK  # systemd alone would look healthy
-    assert status.overall(list(checks.values())) == CRITICAL
+    assert statuschecks.overall(list(checks.values())) == CRITICAL
     assert status.EXIT[CRITICAL] == 2
 
 
@@ -154,7 +155,7 @@ def test_without_systemd_the_timer_is_reported_but_not_unknown() -> None:
     checks = checks_of(facts)
     assert checks["archive-timer"].state == OK
     assert "systemd not available (System has not been booted" in checks["archive-timer"].message
-    assert status.overall(list(checks.values())) == OK
+    assert statuschecks.overall(list(checks.values())) == OK
 
 
 def test_disabled_or_missing_timer_is_a_warning() -> None:
@@ -206,7 +207,7 @@ def test_unit_failed_record_newer_than_last_good_archive_is_critical_with_the_re
     assert checks["archive-job"].state == CRITICAL
     assert "203/EXEC" in checks["archive-job"].message
     assert checks["last-error"].state == CRITICAL
-    assert status.overall(list(checks.values())) == CRITICAL
+    assert statuschecks.overall(list(checks.values())) == CRITICAL
 
 
 def test_unit_failed_older_than_a_good_archive_is_resolved() -> None:
@@ -316,7 +317,7 @@ def test_pending_notifications() -> None:
 
 def test_checks_are_sorted_worst_first_and_text_leads_with_the_worst() -> None:
     facts = replace(healthy(), archives=(), sticks=())
-    checks = status.evaluate(facts, CONFIG, NOW)
+    checks = statuschecks.evaluate(facts, CONFIG, NOW)
     assert [c.state for c in checks][:2] == [CRITICAL, WARNING]
     text = status.render_text(checks)
     assert text.splitlines()[0].startswith(
@@ -331,16 +332,16 @@ def test_checks_are_sorted_worst_first_and_text_leads_with_the_worst() -> None:
      ([UNKNOWN, CRITICAL], CRITICAL), ([], UNKNOWN)],
 )  # fmt: skip
 def test_overall(states: list[str], worst: str) -> None:
-    assert status.overall([Check("x", s, "") for s in states]) == worst
+    assert statuschecks.overall([Check("x", s, "") for s in states]) == worst
 
 
 def test_age_and_size_formatting() -> None:
-    assert status.age(timedelta(seconds=45)) == "45 s"
-    assert status.age(timedelta(minutes=12)) == "12 min"
-    assert status.age(timedelta(hours=5, minutes=3)) == "5 h 3 min"
-    assert status.age(timedelta(days=3, hours=4)) == "3 d 4 h"
-    assert status.size(512) == "512 B"
-    assert status.size(5 * 2**40) == "5.0 TiB"
+    assert health.age(timedelta(seconds=45)) == "45 s"
+    assert health.age(timedelta(minutes=12)) == "12 min"
+    assert health.age(timedelta(hours=5, minutes=3)) == "5 h 3 min"
+    assert health.age(timedelta(days=3, hours=4)) == "3 d 4 h"
+    assert health.size(512) == "512 B"
+    assert health.size(5 * 2**40) == "5.0 TiB"
 
 
 def test_parse_systemctl_show_blocks() -> None:
@@ -419,3 +420,119 @@ def test_known_archives_come_from_the_journal_and_from_successful_outcomes() -> 
     known = state.known_archives(journal, outcomes)
     assert sorted(known) == ["a", "b"]
     assert known["a"].size == 7
+
+
+# --- chains (issue 11) -------------------------------------------------------------------
+
+
+def made_inc(created: datetime, level: int, full: datetime, **changes: object) -> ArchiveFile:
+    """An increment as a successful run left it; `changes` made to the file afterwards."""
+    name = naming.make("host", created, level, full).filename
+    record = state.ArchiveRecord(name, 2**20, DIGEST, created + timedelta(minutes=1))
+    return replace(ArchiveFile(name, created, 2**20, record, DIGEST), **changes)
+
+
+def nights(*levels_ago: tuple[int, float]) -> tuple[ArchiveFile, ...]:
+    """A chain whose full was made `full_h` hours ago, then one increment per (level, hours
+    ago) pair; newest first, as `gather` lists them."""
+    (_, full_h), *incs = levels_ago
+    files = [made(hours_ago(full_h))] + [
+        made_inc(hours_ago(h), level, hours_ago(full_h)) for level, h in incs
+    ]
+    return tuple(sorted(files, key=lambda a: a.created, reverse=True))
+
+
+def test_freshness_counts_an_increment_as_a_restore_point() -> None:
+    """A week of increments on a 6-day-old full is fresh: last night's increment counts."""
+    archives = nights((0, 6 * 24 + 10), (1, 5 * 24 + 10), (2, 4 * 24 + 10), (3, 10))
+    checks = checks_of(replace(healthy(), archives=archives))
+    assert checks["archive"].state == OK, checks["archive"]
+    assert archives[0].name in checks["archive"].message
+    assert "(increment 3 on host-" in checks["archive"].message
+    assert checks["archive"].to_json()["newest"] == archives[0].name
+    assert checks["archive-chains"].state == OK
+    assert checks["full-archive"] == Check(
+        "full-archive",
+        OK,
+        f"newest full archive {archives[-1].name}, 6 d 10 h old",
+        {"newest_full": archives[-1].name, "age_seconds": (6 * 24 + 10) * 3600},
+    )
+
+
+def test_a_recorded_member_gone_is_critical_naming_it_and_the_points_it_breaks() -> None:
+    whole = nights((0, 58), (1, 34), (2, 10))
+    gone = whole[1]  # level 1
+    facts = replace(
+        healthy(), archives=(whole[0], whole[2]), recorded=frozenset(a.name for a in whole)
+    )
+    checks = checks_of(facts)
+    chain = checks["archive-chains"]
+    assert chain.state == CRITICAL
+    assert chain.message.startswith(
+        f"chain member {gone.name} is gone (a successful run recorded it): 1 restore point(s) "
+        f"cannot be restored ({whole[0].name})"
+    ), chain.message
+    assert "run `usbagent archive` now: it starts a new full" in chain.message
+    assert chain.to_json()["broken"] == [
+        {"chain": whole[2].name, "level": 1, "failure": "gone", "files": [gone.name],
+         "breaks": [whole[0].name]}
+    ]  # fmt: skip
+    # freshness is judged from the newest point that restores: the 58 h old full
+    assert checks["archive"].state == CRITICAL and whole[2].name in checks["archive"].message
+    assert statuschecks.overall(list(checks.values())) == CRITICAL
+    assert checks_of(replace(facts, archives=whole))["archive-chains"].state == OK
+
+
+def test_a_member_failing_its_sidecar_breaks_the_later_points() -> None:
+    whole = nights((0, 34), (1, 22), (2, 10))
+    damaged = replace(whole[1], sidecar="cd" * 32)
+    checks = checks_of(replace(healthy(), archives=(whole[0], damaged, whole[2])))
+    chain = checks["archive-chains"]
+    assert chain.state == CRITICAL
+    assert chain.message.startswith(
+        f"chain member {damaged.name} fails its sidecar: it states another sha256"
+    )
+    assert f"({whole[0].name})" in chain.message
+    assert checks["archive"].state == CRITICAL  # the full is 34 h old: nothing fresh restores
+
+
+def test_increments_without_their_full_are_no_backup() -> None:
+    whole = nights((0, 34), (1, 10))
+    checks = checks_of(replace(healthy(), archives=(whole[0],)))
+    assert checks["archive"].state == CRITICAL
+    assert "none with its whole chain: see archive-chains" in checks["archive"].message
+    assert checks["archive-chains"].message.startswith(
+        f"chain member {whole[1].name} is missing (no file, no record)"
+    )
+
+
+def test_an_older_chain_broken_is_mended_from_a_stick_not_by_a_new_full() -> None:
+    old = nights((0, 8 * 24), (1, 7 * 24), (2, 6 * 24))
+    current = nights((0, 34), (1, 10))
+    facts = replace(
+        healthy(),
+        archives=(*current, old[0], old[2]),
+        recorded=frozenset(a.name for a in old + current),
+    )
+    checks = checks_of(facts)
+    chain = checks["archive-chains"]
+    assert chain.state == CRITICAL and old[1].name in chain.message
+    assert "it starts a new full" not in chain.message
+    assert f"copy {old[1].name} and its sidecar back into /data/backups" in chain.message
+    assert "otherwise these restore points are lost" in chain.message
+    assert checks["archive"].state == OK and current[0].name in checks["archive"].message
+
+
+def test_a_newest_full_older_than_twice_full_every_days_is_a_warning_naming_its_age() -> None:
+    full_h = 14 * 24 + 11  # the default full_every_days is 7
+    archives = nights((0, full_h), *((n, full_h - 24 * n) for n in range(1, 15)))
+    checks = checks_of(replace(healthy(), archives=archives))
+    assert checks["archive"].state == OK  # last night's increment is fresh
+    full = checks["full-archive"]
+    assert full.state == WARNING
+    assert full.message.startswith(f"newest full archive {archives[-1].name} is 14 d 11 h old")
+    assert "due every 7 d, archive.full_every_days" in full.message
+    assert "its chain holds 15 archives" in full.message
+    assert statuschecks.overall(list(checks.values())) == WARNING
+    younger = (*archives[:-1], made(hours_ago(13 * 24)))
+    assert checks_of(replace(healthy(), archives=younger))["full-archive"].state == OK

@@ -12,13 +12,12 @@ import pytest
 
 from usbagent import state
 from usbagent.events import Outcome
+from usbagent.systemd import user_scope
 from usbagent.unitfailure import (
     describe,
     outcome_for,
-    parse_show,
     props_from_env,
     started_at,
-    user_scope,
     with_job_reason,
 )
 
@@ -54,13 +53,6 @@ EXEC_START = (
 )  # fmt: skip
 def test_describe(props: dict[str, str], reason: str) -> None:
     assert describe(UNIT, props) == f"{UNIT} failed: {reason}"
-
-
-def test_parse_show() -> None:
-    assert parse_show("Result=exit-code\nExecStart={ path=/a ; x=y }\n\n") == {
-        "Result": "exit-code",
-        "ExecStart": "{ path=/a ; x=y }",
-    }
 
 
 def test_exec_stop_post_environment() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from usbagent import status, syncwords
+from usbagent import health, syncwords
 from usbagent.units import human_bytes
 
 
@@ -18,4 +18,4 @@ def test_binary_units_with_one_decimal() -> None:
 
 def test_status_and_sync_say_the_same_thing_for_the_same_bytes() -> None:
     free = 46_399_488
-    assert status.size(free) == syncwords.human(free) == "44.2 MiB"
+    assert health.size(free) == syncwords.human(free) == "44.2 MiB"
