@@ -154,6 +154,12 @@ def test_a_week_of_changes_restores_with_the_standard_tools_at_every_point(
     files = [s.destination / a.filename for a, _ in points]
     for n, (_, expected) in enumerate(points):
         assert restored_source(s, files[: n + 1], tmp_path / f"restored-{n}") == expected
+        by_usbagent = tmp_path / f"usbagent-{n}"
+        proc = s.cli(
+            "restore", str(files[n]), "--identity", str(s.identity), "--to", str(by_usbagent)
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert tree(by_usbagent / str(src).lstrip("/")) == expected
 
 
 def test_an_unchanged_night_is_a_small_increment_not_a_failure(tmp_path: Path) -> None:
