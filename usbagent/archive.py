@@ -118,12 +118,17 @@ def _locked(destination: Path) -> Iterator[None]:
 
 
 def _free_name(destination: Path, prefix: str, level: levels.Level) -> naming.ArchiveName:
-    """A name for the archive made now, at `level`, that does not exist yet and is later
-    than the archive it builds on (names have 1 s resolution)."""
+    """A name for the archive made now, at `level`, that does not exist yet and is dated
+    later than every archive of ours already there: names have 1 s resolution, and two
+    archives in one second would not say which came first (nor which one is in force).
+    Archives dated later than the clock are the clock's problem (`levels`), not waited for."""
     full = level.full.created if level.full else None
+    started = datetime.now(UTC)
+    ours = (naming.parse(e.name, prefix) for e in os.scandir(destination))
+    latest = max((n.created for n in ours if n and n.created <= started), default=None)
     while True:
         now = datetime.now(UTC)
-        if level.base is None or now.replace(microsecond=0) > level.base.created:
+        if latest is None or now.replace(microsecond=0) > latest:
             name = naming.make(prefix, now, level.level, full)
             if not any((destination / n).exists() for n in (name.filename, name.sidecar)):
                 return name

@@ -7,11 +7,12 @@ state dir records of them, as if the runs had happened then.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ from tests.integration.archive_helpers import (
     wait_for,
     write_config,
 )
-from usbagent import naming, snapshots
+from usbagent import archive, naming, snapshots
+from usbagent.levels import Level
 
 
 def night(s: Setup) -> tuple[naming.ArchiveName, dict[str, object]]:
@@ -40,9 +42,9 @@ def night(s: Setup) -> tuple[naming.ArchiveName, dict[str, object]]:
 def standard_restore(archives: list[Path], identity: Path, target: Path) -> None:
     """What README tells a person without usbagent: each member, in order."""
     target.mkdir(exist_ok=True)
-    for archive in archives:
+    for member in archives:
         subprocess.run(
-            f"age -d -i '{identity}' '{archive}' | zstd -d -q "
+            f"age -d -i '{identity}' '{member}' | zstd -d -q "
             f"| tar --listed-incremental=/dev/null -x -C '{target}'",
             shell=True,
             check=True,
@@ -375,3 +377,36 @@ def test_retention_keeps_the_chain_a_kept_increment_needs_and_prunes_old_chains_
     assert [p.name for p in s.archives()] == [made.filename]
     assert told["details"]["pruned"] == [f for n in old for f in (n, n + naming.SIDECAR)]
     assert snapshots.described(s.state_dir) == [made.filename]
+
+
+def test_a_crash_after_the_archives_rename_makes_the_next_night_a_full_saying_why(
+    tmp_path: Path,
+) -> None:
+    """The order is archive, sidecar, snapshot, record: a crash after the first two leaves
+    an archive that has neither snapshot nor record (simulated by removing them)."""
+    s = make_setup(tmp_path)
+    night(s)
+    inc, _ = night(s)
+    for suffix in (snapshots.SUFFIX, snapshots.SUFFIX + snapshots.META):
+        (snapshots.folder(s.state_dir) / (inc.filename + suffix)).unlink()
+    journal = s.state_dir / "archives.json"
+    entries = json.loads(journal.read_text())
+    journal.write_text(json.dumps([e for e in entries if e["name"] != inc.filename]))
+    history = s.state_dir / "events.jsonl"
+    lines = history.read_text().splitlines(keepends=True)
+    history.write_text("".join(line for line in lines if inc.filename not in line))
+    for kind in ("last", "last-ok"):
+        (s.state_dir / kind / "archive.json").unlink()
+    made, told = night(s)
+    assert made.is_full and told["details"]["full_because"] == "unrecorded"
+    assert "not one a run recorded" in str(told["summary"])
+
+
+def test_a_new_archive_is_dated_after_every_archive_already_there(tmp_path: Path) -> None:
+    """One second holding two archives would not say which came first (names have 1 s
+    resolution): a run in the second of the newest archive there waits for the next."""
+    now = datetime.now(UTC)
+    there = naming.make(PREFIX, now, 1, now - timedelta(days=1))  # an increment, this second
+    (tmp_path / there.filename).write_bytes(b"")
+    name = archive._free_name(tmp_path, PREFIX, Level(0, why="due"))  # a full, now
+    assert name.created > there.created
