@@ -42,7 +42,7 @@ def check_chain_restores(config: Config) -> list[Finding]:
     members = broken_members(archives, recorded)
     if not members:
         points = sum(1 for a in archives if a.record is not None)
-        return [Finding("archive chains", True, f"{points} recorded archive(s), chains whole")]
+        return [Finding("archive chains", True, f"{points} recorded archive(s), every chain whole")]
     in_force = chain_in_force(archives)
     return [
         Finding(
