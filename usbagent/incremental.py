@@ -64,10 +64,15 @@ def _stale(listed: str | None, is_dir: bool) -> bool:
     return listed is None or (listed == "D" and not is_dir) or (listed == "Y" and is_dir)
 
 
-def _move(ex: Extractor, source: Parts, target: Parts, why: str, out: Problems) -> None:
+def _move(
+    ex: Extractor, source: Parts, target: Parts, why: str, out: Problems, selected: bool
+) -> None:
+    """Rename; a source that is not there is an error unless MEMBER arguments left it out."""
     try:
         if ex.owned(source) is None:
-            return  # not restored (not selected at the night it was made): nothing to move
+            if not selected:
+                out.append((shown(source), f"not moved to {shown(target)!r} ({why}): not there"))
+            return
         ex.rename(source, target)
     except Refused as exc:
         out.append((shown(source), f"not moved to {shown(target)!r} ({why}): {exc}"))
@@ -110,7 +115,7 @@ def _renames(ex: Extractor, dumpdir: Dumpdir, before: Scope, archive: str, out: 
             origin = judged
         for inner in before.within(judged):
             rest = inner[len(judged) :]
-            _move(ex, source + rest, target + rest, why, out)
+            _move(ex, source + rest, target + rest, why, out, bool(before.wanted))
 
 
 def earlier(after: Scope, dumpdirs: Sequence[Dumpdir]) -> Scope:
@@ -148,16 +153,18 @@ def prune(ex: Extractor, path: Parts, after: Scope) -> None:
 
 
 def apply(ex: Extractor, folder: Parts, dumpdir: Dumpdir, scope: Scope, archive: str) -> Problems:
-    """Apply the dumpdir of `folder` from the archive named `archive`."""
+    """Apply the dumpdir of `folder` from the archive named `archive`; `scope`: what is
+    selected, by the names before this archive (`earlier`)."""
     out: Problems = []
     _renames(ex, dumpdir, scope, archive, out)
     try:
         listing = ex.listing(folder)
+        for name, is_dir in listing:
+            path = (*folder, name)
+            if scope.touches(path) and _stale(dumpdir.entries.get(name), is_dir):
+                _remove(ex, path, f"{archive} no longer has it", out)
     except Refused as exc:
         out.append((shown(folder), str(exc)))
-        return out
-    for name, is_dir in listing:
-        path = (*folder, name)
-        if scope.touches(path) and _stale(dumpdir.entries.get(name), is_dir):
-            _remove(ex, path, f"{archive} no longer has it", out)
+    except OSError as exc:
+        out.append((shown(folder), exc.strerror or str(exc)))
     return out

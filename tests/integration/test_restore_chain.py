@@ -348,3 +348,24 @@ def test_verify_of_one_point_reads_every_member_of_its_chain(chain: Chains, tmp_
     assert proc.returncode == 1
     assert f"FAILED  {full}: checksum ok, but decryption failed" in proc.stdout
     assert f"OK      {inc2}: checksum ok, decrypted and read" in proc.stdout
+
+
+def test_a_rename_the_chain_cannot_apply_fails_the_restore(tmp_path: Path) -> None:
+    """GNU tar (1.34) does not apply --transform to a dumpdir's rename records: members say
+    `named/a2`, the rename says `data/a` -> `data/a2`. Neither tar nor usbagent can apply it;
+    usbagent says so, instead of a quiet success without the folder's unchanged files."""
+    c = Chains(tmp_path)
+    put(c.source, "a/f", "kept since the full")
+    c.night(full=True, transform="s,^data,named,")
+    next_second()
+    (c.source / "a").rename(c.source / "a2")
+    c.night(transform="s,^data,named,")
+
+    proc = restore(c, c.archives[1], tmp_path / "out")
+
+    assert proc.returncode == 1
+    failed = failures(proc.stderr)
+    assert failed["data/a"].endswith(
+        "not moved to 'data/a2' (renamed in " + c.archives[1].name + "): not there"
+    )
+    assert not (tmp_path / "out" / "named" / "a2" / "f").exists()
