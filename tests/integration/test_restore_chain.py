@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.archive_helpers import usbagent
+from tests.integration.archive_helpers import new_identity, usbagent
 from tests.integration.chain_helpers import Chains, differences, standard_restore, tree
-from tests.integration.tar_helpers import failures, write_sidecar
+from tests.integration.tar_helpers import crafted_archive, dumpdir, entry, failures, write_sidecar
 
 T0 = 1_700_000_000
 
@@ -369,3 +369,47 @@ def test_a_rename_the_chain_cannot_apply_fails_the_restore(tmp_path: Path) -> No
         "not moved to 'data/a2' (renamed in " + c.archives[1].name + "): not there"
     )
     assert not (tmp_path / "out" / "named" / "a2" / "f").exists()
+
+
+def test_renames_in_the_order_gnu_tar_lists_them_when_an_inode_was_reused(
+    tmp_path: Path,
+) -> None:
+    """`rm -r old; mv new old; rm file; mkdir file` where the new `file` folder got the inode
+    of the deleted `old`: GNU tar 1.34 wrote the renames below (captured from a real run):
+    `new` onto `old` before `old` (by inode: now `file`) is renamed away, and `new -> old`
+    twice. Applied as listed, `old` would lose its files; restore renames `old` away first."""
+    identity = tmp_path / "id.txt"
+    new_identity(identity)
+    full = crafted_archive(
+        tmp_path,
+        identity,
+        [
+            dumpdir("data/", "Dnew", "Dold", "Yfile"),
+            dumpdir("data/new/", "Yfresh"),
+            dumpdir("data/old/", "Ykept"),
+            entry("data/file", data=b"a file\n"),
+            entry("data/new/fresh", data=b"new's\n"),
+            entry("data/old/kept", data=b"old's\n"),
+        ],
+        stamp="20260101T000000Z",
+    )
+    renames = ["Rdata/new", "Tdata/old", "Rdata/old", "Tdata/file", "Rdata/new", "Tdata/old"]
+    increment = crafted_archive(
+        tmp_path,
+        identity,
+        [
+            dumpdir("data/", "Dfile", "Dold", *renames),
+            dumpdir("data/file/", "Yinner"),
+            dumpdir("data/old/", "Nfresh"),
+            entry("data/file/inner", data=b"now a folder\n"),
+        ],
+        stamp="20260102T000000Z.inc1.20260101T000000Z",
+    )
+    target = tmp_path / "out"
+    proc = usbagent("restore", str(increment), "--identity", str(identity), "--to", str(target))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == [
+        "data", "data/file", "data/file/inner", "data/old", "data/old/fresh"
+    ]  # fmt: skip
+    assert (target / "data" / "old" / "fresh").read_text() == "new's\n"
+    assert full.exists()
