@@ -208,20 +208,25 @@ def earlier(after: Scope, dumpdirs: Sequence[Dumpdir]) -> Scope:
     return Scope(tuple(sorted(w for w in wanted if not _is_temp(w))))
 
 
-def prune(ex: Extractor, path: Parts, after: Scope) -> None:
-    """Remove what this restore made at `path` and the folders above it that `after` does
-    not select (selected only by a name at an earlier night, or made on the way to one)."""
+def prune(ex: Extractor, path: Parts, after: Scope, before: Scope) -> None:
+    """Remove what this restore made under `path` that `after` does not select: selected
+    only by a name at an earlier night (`before`), or moved or made on the way to one.
+
+    Someone else's folder is entered only where `before` leads, so a MEMBER restore into a
+    full folder (even `/`) does not walk all of it after every archive.
+    """
     for depth in range(1, len(path) + 1):  # () is the target folder itself: always kept
         here = path[:depth]
         if after.selects(here):
             return
         if not after.leads_to(here):
             with contextlib.suppress(Refused, OSError):
-                ex.remove(here)
+                if ex.owned(here) or before.touches(here):
+                    ex.remove(here)
             return
     with contextlib.suppress(Refused, OSError):
         for name, _ in ex.listing(path):
-            prune(ex, (*path, name), after)
+            prune(ex, (*path, name), after, before)
 
 
 def apply(ex: Extractor, folder: Parts, dumpdir: Dumpdir, scope: Scope, archive: str) -> Problems:

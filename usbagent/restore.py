@@ -213,7 +213,7 @@ def restore(archive: Path, identity: Path, target: Path, wanted: tuple[str, ...]
                 result.stream_error = f"{member.name}: {exc}"
             _links(result, extractor)
             if wanted:
-                incremental.prune(extractor, (), now)
+                incremental.prune(extractor, (), now, before)
             if result.stream_error:
                 break  # a later increment would apply to a state that is not there
         for entry, reason in extractor.finish():

@@ -413,3 +413,20 @@ def test_renames_in_the_order_gnu_tar_lists_them_when_an_inode_was_reused(
     ]  # fmt: skip
     assert (target / "data" / "old" / "fresh").read_text() == "new's\n"
     assert full.exists()
+
+
+def test_a_member_restore_into_a_full_folder_leaves_the_rest_alone(
+    chain: Chains, tmp_path: Path
+) -> None:
+    target = tmp_path / "out"
+    put(target, "data/mine.txt", "not in the backup")
+    put(target, "photos/p.jpg", "the user's")
+
+    proc = restore(chain, chain.archives[2], target, "data/x", "data/a2")
+
+    assert proc.returncode == 0, proc.stderr
+    assert (target / "data" / "mine.txt").read_text() == "not in the backup"
+    assert (target / "photos" / "p.jpg").read_text() == "the user's"
+    assert (target / "data" / "x" / "only-y").read_text() == "y"  # swapped in night 2
+    assert (target / "data" / "a2" / "f1").read_text() == "one, changed again"
+    assert sorted(p.name for p in (target / "data").iterdir()) == ["a2", "mine.txt", "x"]
