@@ -5,8 +5,8 @@ Pipeline, one pass, constant memory (measured in bench/archive.py):
     GNU tar (subprocess) -> pipe -> zstandard (worker threads) -> pyrage (age) -> sha256 + file
 
 GNU tar reads the files because Python's tarfile is ~3x slower on many small files; zstd
-compresses in its own threads; pyrage encrypts in this thread and the ciphertext is hashed
-as it is written, so the `.sha256` sidecar costs no second read.
+compresses in its own threads; pyrage encrypts in this thread; a child process hashes the
+ciphertext as it is written (usbagent.hasher), so the `.sha256` sidecar costs no second read.
 
 Member layout (usbagent.selection): each source is stored under the name the user wrote,
 without its leading '/': the source `/data/docs` as `data/docs/...`, which `restore --to DIR`
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import io
 import logging
 import os
@@ -47,16 +46,16 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, cast
 
 import pyrage
 import zstandard
 
-from usbagent import journal, naming, preflight, retention, selection, state
+from usbagent import hasher, journal, naming, preflight, retention, selection, state
 from usbagent.config import Config
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
-from usbagent.fsutil import atomic_writer, fsync_dir, write_atomic
+from usbagent.fsutil import fsync_dir, write_atomic
 from usbagent.tarstream import SourceCount, Tally, yielded_nothing
 from usbagent.units import human_bytes
 
@@ -136,26 +135,6 @@ class _CompressedTar(io.RawIOBase):
 
     def reader(self) -> io.BufferedReader:
         return io.BufferedReader(self, buffer_size=1024 * 1024)
-
-
-class _HashingWriter:
-    """File-like writer for pyrage: writes the ciphertext and hashes it on the way."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self._f = f
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self.error: BaseException | None = None
-
-    def write(self, data: bytes) -> int:
-        try:
-            self._f.write(data)
-        except BaseException as exc:
-            self.error = self.error or exc
-            raise
-        self.sha256.update(data)
-        self.size += len(data)
-        return len(data)
 
 
 @contextlib.contextmanager
@@ -312,9 +291,11 @@ def write_archive(
     log.debug("running %s", " ".join(cmd))
     with tempfile.TemporaryFile() as errors:
         try:
-            with atomic_writer(final, ARCHIVE_MODE) as f, _tar(cmd, errors) as (proc, stdout):
+            with (
+                hasher.hashing_writer(final, ARCHIVE_MODE) as writer,
+                _tar(cmd, errors) as (proc, stdout),
+            ):
                 reader = _CompressedTar(stdout, config.archive.compression_level, tally)
-                writer = _HashingWriter(f)
                 try:
                     pyrage.encrypt_io(reader.reader(), writer, list(ready.recipients))
                 except pyrage.EncryptError as exc:

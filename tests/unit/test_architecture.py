@@ -47,6 +47,7 @@ LAYERS: dict[str, frozenset[str]] = {
             "dbuscall",
             "logind",
             "folderwalk",
+            "hasher",
         }
     ),
     "sources": frozenset(
