@@ -9,7 +9,10 @@ tens of thousands of small files, plus a few incompressible random files), in on
   B  tar -cf - DATA | zstd -T0 -3 | age -r R -o OUT     (the best shell pipeline)
   C  tar -czf - DATA | pigz -c | age -r R -o OUT        (what people run today, as written:
                                                         gzip inside tar, then pigz again)
+  Bs B; sync OUT                                        (B made durable: the 1.1 x target)
   B2 B | tee OUT | sha256sum > OUT.sha256; sync OUT     (B with A's guarantees, for context)
+  A0 A run from another source tree (--baseline DIR, e.g. a `git worktree` of an older
+     commit): old and new code side by side, in the same rounds
 
 A runs once into an empty destination (its preflight then walks the sources to estimate
 the space needed), then A and B run alternately `--rounds` times (noise on a shared
@@ -23,7 +26,7 @@ The page cache is warm for every run: the data is read once (tar to a pipe) befo
 timed command, so all of them start equal. Data is cached under /var/tmp/usbagent-bench
 and reused; outputs are deleted after each run.
 
-Targets (issue 2): A <= 1.1 x B, C >= 5 x A, A's peak RSS <= 200 MB and flat.
+Targets (issues 2 and 11): A <= 1.1 x Bs, C >= 5 x A, A's peak RSS <= 200 MB and flat.
 Note that A does strictly more than B: it fsyncs the archive and its folder and writes a
 sha256 sidecar computed on the fly.
 """
@@ -31,6 +34,7 @@ sha256 sidecar computed on the fly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -59,6 +63,9 @@ class Result:
     output_bytes: int
     rss_python: int = 0  # bytes, VmHWM of the usbagent process
     rss_tree: int = 0  # bytes, ru_maxrss from wait4 (largest of the process and its children)
+    cpu_tree: float = 0.0  # s, user + sys of the process and all its children (wait4)
+    cpu_main: float = 0.0  # s, of the usbagent process's main thread (pyrage runs there)
+    cpu_threads: float = 0.0  # s, of its other threads (zstd's workers)
 
 
 def _copy_small_files(source: Path, target: Path, budget: int) -> tuple[int, int]:
@@ -125,26 +132,37 @@ def warm(data: Path) -> None:
     )
 
 
-def _watch_hwm(pid: int, out: list[int]) -> None:
-    """Sample the process's VmHWM (its own peak RSS) until it exits."""
+def _watch_hwm(pid: int, out: list[int], threads: dict[int, float]) -> None:
+    """Sample the process's VmHWM (its own peak RSS) and its threads' CPU until it exits."""
     status = Path(f"/proc/{pid}/status")
+    tick = os.sysconf("SC_CLK_TCK")
     while True:
         try:
             for line in status.read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     out.append(int(line.split()[1]) * 1024)
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    threads[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
         except (FileNotFoundError, ProcessLookupError):
             return
         time.sleep(0.02)
 
 
-def run_a(config: Path, out_dir: Path) -> Result:
+def run_a(config: Path, out_dir: Path, tree: Path | None = None) -> Result:
+    """`usbagent archive`; from the source tree `tree` instead of this one when given."""
     argv = [sys.executable, "-m", "usbagent", "--config", str(config), "archive"]
+    env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
     samples: list[int] = []
+    threads: dict[int, float] = {}
     with tempfile.TemporaryFile() as errors:
         start = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors)
-        watcher = threading.Thread(target=_watch_hwm, args=(proc.pid, samples), daemon=True)
+        proc = subprocess.Popen(  # cwd: `-m` puts it first on sys.path
+            argv, stdout=subprocess.DEVNULL, stderr=errors, env=env, cwd=tree
+        )
+        watch = (proc.pid, samples, threads)
+        watcher = threading.Thread(target=_watch_hwm, args=watch, daemon=True)
         watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.monotonic() - start
@@ -154,14 +172,23 @@ def run_a(config: Path, out_dir: Path) -> Result:
             errors.seek(0)
             raise SystemExit(f"usbagent archive failed: {errors.read().decode()}")
     size = max(out_dir.glob("*.tar.zst.age")).stat().st_size  # the newest: this run's
-    return Result("A", seconds, size, max(samples, default=0), usage.ru_maxrss * 1024)
+    name = "A0" if tree else "A"
+    main = threads.pop(proc.pid, 0.0)
+    return Result(
+        name, seconds, size, max(samples, default=0), usage.ru_maxrss * 1024,
+        usage.ru_utime + usage.ru_stime, main, sum(threads.values()),
+    )  # fmt: skip
 
 
 def run_shell(name: str, command: str, output: Path) -> Result:
     start = time.monotonic()
-    subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], check=True)
+    proc = subprocess.Popen(["bash", "-c", f"set -o pipefail; {command}"])
+    _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.monotonic() - start
-    return Result(name, seconds, output.stat().st_size)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{name} failed: {command}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return Result(name, seconds, output.stat().st_size, cpu_tree=cpu)
 
 
 def write_config(work: Path, data: Path, recipients: Path) -> Path:
@@ -194,18 +221,21 @@ class Bench:
             if p not in keep or not keep_newest_archive:
                 p.unlink()
 
-    def a(self, data: Path) -> Result:
+    def a(self, data: Path, tree: Path | None = None) -> Result:
         warm(data)
-        result = run_a(write_config(self.work, data, self.recipients), self.work / "A")
+        result = run_a(write_config(self.work, data, self.recipients), self.work / "A", tree)
         self.clean()
         return result
 
-    def b(self, data: Path) -> Result:
+    def b(self, data: Path, durable: bool = False) -> Result:
+        """B; with `durable`, Bs: B followed by `sync OUT` (A fsyncs its archive too)."""
         warm(data)
         out = self.work / "out.B"
         rel = str(data).lstrip("/")
         cmd = f"tar -C / -cf - '{rel}' | zstd -q -T0 -3 | age -r {self.recipient} -o '{out}'"
-        result = run_shell("B", cmd, out)
+        if durable:
+            cmd += f" && sync '{out}'"
+        result = run_shell("Bs" if durable else "B", cmd, out)
         self.clean()
         return result
 
@@ -236,12 +266,33 @@ def mb(n: int) -> str:
     return f"{n / 1e6:.0f} MB"
 
 
+def where_the_time_goes(runs: dict[str, list[Result]]) -> None:
+    """CPU per part of A (and A0), beside the shell's, for the median run of each."""
+    for name in ("A", "A0"):
+        if not runs[name]:
+            continue
+        r = sorted(runs[name], key=lambda r: r.seconds)[len(runs[name]) // 2]
+        children = r.cpu_tree - r.cpu_main - r.cpu_threads
+        print(
+            f"{name} (median run, {r.seconds:.2f} s wall): CPU {r.cpu_tree:.2f} s = main thread "
+            f"{r.cpu_main:.2f} s (busy {r.cpu_main / r.seconds:.0%} of the wall time: reads "
+            f"tar, counts members, pyrage, writes) + zstd threads {r.cpu_threads:.2f} s "
+            f"+ children {children:.2f} s (tar; sha256 child)"
+        )
+    for name in ("B", "Bs"):
+        r = sorted(runs[name], key=lambda r: r.seconds)[len(runs[name]) // 2]
+        print(f"{name} (median run, {r.seconds:.2f} s wall): CPU {r.cpu_tree:.2f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="large")
     parser.add_argument("--data", type=Path, help="use this folder as the data set instead")
     parser.add_argument("--rounds", type=int, default=3, help="runs of A and of B (default 3)")
     parser.add_argument("--skip-c", action="store_true", help="do not run the slow C")
+    parser.add_argument(
+        "--baseline", type=Path, metavar="DIR", help="also run A from this source tree (A0)"
+    )
     args = parser.parse_args()
 
     data = args.data or build_data(args.size, None)
@@ -252,17 +303,17 @@ def main() -> int:
 
     first = bench.a(data)  # empty destination: preflight sizes the sources (a walk)
     print(f"A, first run (empty destination): {first.seconds:.2f} s")
-    a_runs: list[Result] = []
-    b_runs: list[Result] = []
-    b2_runs: list[Result] = []
+    runs: dict[str, list[Result]] = {"A": [], "A0": [], "B": [], "Bs": [], "B2": []}
     for i in range(args.rounds):
-        a_runs.append(bench.a(data))  # last run's archive present, as every night
-        b_runs.append(bench.b(data))
-        b2_runs.append(bench.b_same_guarantees(data))
-        print(
-            f"round {i + 1}: A {a_runs[-1].seconds:.2f} s, B {b_runs[-1].seconds:.2f} s, "
-            f"B2 {b2_runs[-1].seconds:.2f} s"
-        )
+        made = [bench.a(data)]  # last run's archive present, as every night
+        if args.baseline:
+            made.append(bench.a(data, args.baseline))
+        made += [bench.b(data), bench.b(data, durable=True), bench.b_same_guarantees(data)]
+        for r in made:
+            runs[r.name].append(r)
+        times = ", ".join(f"{r.name} {r.seconds:.2f} s" for r in made)
+        print(f"round {i + 1}: {times} (load {os.getloadavg()[0]:.2f})", flush=True)
+    a_runs = runs["A"]
     c = None if args.skip_c else bench.c(data)
     if c:
         print(f"C {c.seconds:.2f} s")
@@ -270,29 +321,36 @@ def main() -> int:
     a_small = [bench.a(small) for _ in range(2)]
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
-    a_med = statistics.median(r.seconds for r in a_runs)
-    b_med = statistics.median(r.seconds for r in b_runs)
+    def median(name: str) -> float:
+        return statistics.median(r.seconds for r in runs[name])
+
+    a_med = median("A")
     print()
     print("| run | wall time (median, min) | output |")
     print("|---|---|---|")
     rows = (
-        ("A usbagent archive", a_runs),
-        ("B tar \\| zstd -T0 -3 \\| age", b_runs),
-        ("B2 = B \\| tee OUT \\| sha256sum; sync OUT", b2_runs),
+        ("A usbagent archive", "A"),
+        (f"A0 usbagent archive from {args.baseline}", "A0"),
+        ("B tar \\| zstd -T0 -3 \\| age", "B"),
+        ("Bs = B; sync OUT", "Bs"),
+        ("B2 = B \\| tee OUT \\| sha256sum; sync OUT", "B2"),
     )
-    for name, runs in rows:
-        times = [r.seconds for r in runs]
-        print(
-            f"| {name} | {statistics.median(times):.2f} s, {min(times):.2f} s "
-            f"({len(times)} runs) | {mb(runs[0].output_bytes)} |"
-        )
+    for label, name in rows:
+        seconds = [r.seconds for r in runs[name]]
+        if seconds:
+            print(
+                f"| {label} | {statistics.median(seconds):.2f} s, {min(seconds):.2f} s "
+                f"({len(seconds)} runs) | {mb(runs[name][0].output_bytes)} |"
+            )
     if c:
         name = "C tar -czf - \\| pigz -c \\| age"
         print(f"| {name} | {c.seconds:.2f} s (1 run) | {mb(c.output_bytes)} |")
     print()
-    print(f"A / B = {a_med / b_med:.2f} (target <= 1.10)")
-    b2_med = statistics.median(r.seconds for r in b2_runs)
-    print(f"A / B2 = {a_med / b2_med:.2f} (B with A's checksum and fsync)")
+    print(f"A / Bs = {a_med / median('Bs'):.2f} (target <= 1.10)")
+    print(f"A / B = {a_med / median('B'):.2f}")
+    print(f"A / B2 = {a_med / median('B2'):.2f} (B with A's checksum and fsync)")
+    if args.baseline:
+        print(f"A0 / Bs = {median('A0') / median('Bs'):.2f}, A / A0 = {a_med / median('A0'):.2f}")
     if c:
         print(f"C / A = {c.seconds / a_med:.1f} (target >= 5)")
     big_rss = max(r.rss_python for r in a_runs)
@@ -302,6 +360,8 @@ def main() -> int:
         f"{mb(big_rss)} on {describe(data)} (target <= 200 MB, flat)"
     )
     print(f"A peak RSS incl. the tar child (wait4): {mb(max(r.rss_tree for r in a_runs))}")
+    print()
+    where_the_time_goes(runs)
     shutil.rmtree(bench.work, ignore_errors=True)
     return 0
 

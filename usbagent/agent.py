@@ -26,7 +26,7 @@ import signal
 import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from usbagent import health, journal, sources
 from usbagent.agentstatus import AgentStatus
@@ -38,6 +38,9 @@ from usbagent.events import EventBus, Outcome
 from usbagent.journal import StickReport
 from usbagent.stickjob import StickJob
 from usbagent.watchdog import Watchdog
+
+if TYPE_CHECKING:  # imported when notifications are on: the D-Bus stack is paid for then
+    from usbagent.notify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,7 @@ class Agent:
             async with asyncio.timeout(max(0.1, deadline - 0.5 - time.monotonic())):
                 await self.bus.drain()
 
-    async def _start_notifier(self) -> Any:
+    async def _start_notifier(self) -> Notifier | None:
         """Desktop notifications are a subscriber; their failure never stops the agent."""
         if not self.config.notify.enabled:
             return None
@@ -145,7 +148,7 @@ class Agent:
         self.bus.subscribe(notifier.handle)
         return notifier
 
-    async def _close_notifier(self, notifier: Any) -> None:
+    async def _close_notifier(self, notifier: Notifier | None) -> None:
         if notifier is None:
             return
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from usbagent import naming, snapshots, state
+from usbagent import naming, state
 from usbagent.config import Config
 from usbagent.doctorbase import Finding
 from usbagent.health import (
@@ -27,8 +27,8 @@ from usbagent.health import (
     known_outcomes,
 )
 
-SNAPSHOTS = snapshots.FOLDER  # the folder under agent.state_dir (written by the archive job)
-SNAPSHOT_SUFFIX = snapshots.SUFFIX
+SNAPSHOTS = "snapshots"  # the folder under agent.state_dir (written by the archive job)
+SNAPSHOT_SUFFIX = ".snar"
 
 
 def check_chain_restores(config: Config) -> list[Finding]:
@@ -42,7 +42,7 @@ def check_chain_restores(config: Config) -> list[Finding]:
     members = broken_members(archives, recorded)
     if not members:
         points = sum(1 for a in archives if a.record is not None)
-        return [Finding("archive chains", True, f"{points} recorded archive(s), chains whole")]
+        return [Finding("archive chains", True, f"{points} recorded archive(s), every chain whole")]
     in_force = chain_in_force(archives)
     return [
         Finding(
@@ -55,14 +55,12 @@ def check_chain_restores(config: Config) -> list[Finding]:
     ]
 
 
-def snapshot_owner(filename: str, prefix: str) -> str | None:
-    """The archive file name a snapshot file (or its digest, `.snar.json`) describes, or
-    None if its name names none."""
-    snapshot = filename.removesuffix(snapshots.META)
-    if not snapshot.endswith(SNAPSHOT_SUFFIX):
-        return None
-    archive = snapshot.removesuffix(SNAPSHOT_SUFFIX)
-    return archive if naming.parse(archive, prefix) is not None else None
+def described(folder: Path) -> list[str]:
+    """The archive names that have a snapshot in `folder` (`NAME.snar`; its digest
+    `NAME.snar.json` and a running job's `NAME.snar.partial` are not snapshots)."""
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries]
+    return sorted(n.removesuffix(SNAPSHOT_SUFFIX) for n in names if n.endswith(SNAPSHOT_SUFFIX))
 
 
 def check_snapshots(config: Config) -> list[Finding]:
@@ -70,22 +68,20 @@ def check_snapshots(config: Config) -> list[Finding]:
     folder = config.agent.state_dir / SNAPSHOTS
     dest = config.archive.destination
     try:
-        with os.scandir(folder) as entries:
-            names = sorted(e.name for e in entries if not e.name.endswith(naming.PARTIAL))
+        archives = described(folder)
     except FileNotFoundError:
         return []
     except OSError as exc:
         fix = f"let this user read {folder} (ls -ld {folder})"
         return [Finding("snapshots", False, f"{folder} cannot be read: {exc.strerror}", fix)]
     orphans = [
-        n
-        for n in names
-        if (owner := snapshot_owner(n, config.archive_prefix)) is None
-        or not (dest / owner).is_file()
+        a
+        for a in archives
+        if naming.parse(a, config.archive_prefix) is None or not (dest / a).is_file()
     ]
     if not orphans:
-        return [Finding("snapshots", True, f"{len(names)} in {folder}, each of an archive")]
-    return [_orphan(folder / n, dest) for n in orphans]
+        return [Finding("snapshots", True, f"{len(archives)} in {folder}, each of an archive")]
+    return [_orphan(folder / (a + SNAPSHOT_SUFFIX), dest) for a in orphans]
 
 
 def _orphan(path: Path, dest: Path) -> Finding:
@@ -94,6 +90,6 @@ def _orphan(path: Path, dest: Path) -> Finding:
         False,
         f"{path} belongs to no archive in {dest} (its archive was removed other than by "
         "retention, or archive.destination or archive.prefix changed): it is never used again",
-        f"rm {path} (the archive job never reads it; if an archive was removed by hand, "
-        "`usbagent status` names the chains that lost it)",
+        f"rm {path} {path}.json (the archive job never reads it; if an archive was removed by "
+        "hand, `usbagent status` names the chains that lost it)",
     )

@@ -3,12 +3,13 @@
 Python's tarfile extraction (and its filters, which resolve paths by name and had several
 escapes) is not used. Instead:
 
-- every path component is opened relative to its parent's fd with O_NOFOLLOW|O_DIRECTORY,
-  starting from the target's fd, so a symlink (ours or one already in the target) is never
-  followed: a member under it is refused;
+- every path component is opened relative to its parent's fd with O_NOFOLLOW|O_DIRECTORY
+  (usbagent.folderwalk), starting from the target's fd, so a symlink (ours or one already in
+  the target) is never followed: a member under it is refused;
 - a file is written to a fresh temporary name (O_CREAT|O_EXCL|O_NOFOLLOW), its mode and
-  times are set through its fd, and it is renamed to its name with RENAME_NOREPLACE: nothing
-  is overwritten and no final name ever holds a partial file;
+  times are set through its fd, and it is renamed to its name with RENAME_NOREPLACE (or over
+  what an earlier archive of the chain made there): nothing else is overwritten and no
+  final name ever holds a partial file;
 - a hard link is made only to a regular file this restore created (checked by device and
   inode), so it cannot reach outside the target or alias a link; it creates no path that
   could be followed, so it is made in archive order;
@@ -17,9 +18,10 @@ escapes) is not used. Instead:
 
 Across a chain of archives (full, then increments in order) a later archive replaces,
 renames and removes what an earlier one restored: only what this restore created (tracked
-by device and inode) is ever replaced, renamed or removed, so a folder's previous contents
-and anything put there by someone else stay as they were. A file is replaced by renaming
-its complete new version over it (never a partial file under the final name).
+by device and inode) is ever replaced, renamed or removed, so what was in the target
+before stays as it was. Between the check and the rename there is a window in which someone
+else writing into the target at the same time could swap in a file of theirs; the threat
+restore guards against is the archive, not a concurrent writer in the user's own target.
 """
 
 from __future__ import annotations

@@ -3,8 +3,14 @@
 An archive is treated as untrusted input: a stolen or tampered file must not be able to
 write, link or touch anything outside DIR. Each member is checked on its own
 (usbagent.tarsafety: absolute names, `..`, devices and fifos, links that could point outside)
-and then created by usbagent.extract, which never follows a symlink, never overwrites and
-creates symlinks last. Python's tarfile only parses the stream; it extracts nothing.
+and then created by usbagent.extract, which never follows a symlink, never overwrites what
+this restore did not create and creates symlinks last. Python's tarfile only parses the
+stream; it extracts nothing.
+
+ARCHIVE is a restore point: its chain (usbagent.chainfind: the full, then the increments of
+levels 1..N beside it) is applied in order, each folder's dumpdir removing and renaming what
+a later night changed (usbagent.incremental). An incomplete chain is refused before anything
+is written; an archive that breaks off mid-way stops the chain there.
 
 Every member that can be restored is; each one that cannot is listed with its reason and the
 exit status is 1, so one odd member neither hides the others nor passes unnoticed. Ownership
@@ -13,7 +19,7 @@ and group/other write bits; `age -d -i KEY F | zstd -d | tar -x` restores an arc
 trust verbatim.
 
 MEMBER names are paths as stored (`data/docs/a.txt` for `/data/docs/a.txt`; a leading '/'
-is accepted); a folder selects everything under it.
+is accepted); a folder selects everything under it, as it is at the restore point.
 """
 
 from __future__ import annotations
@@ -207,7 +213,7 @@ def restore(archive: Path, identity: Path, target: Path, wanted: tuple[str, ...]
                 result.stream_error = f"{member.name}: {exc}"
             _links(result, extractor)
             if wanted:
-                incremental.prune(extractor, (), now)
+                incremental.prune(extractor, (), now, before)
             if result.stream_error:
                 break  # a later increment would apply to a state that is not there
         for entry, reason in extractor.finish():

@@ -31,7 +31,6 @@ from usbagent.copier import (
     VerifyFailed,
 )
 from usbagent.devices import Partition, describe, refusal_reason
-from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
 from usbagent.journal import StickReport
 from usbagent.mounts import MountEntry
@@ -335,20 +334,7 @@ def _prune(folder: StickFolder, name: str, run: Run, waiting: list[tuple[str, in
     waiting[:] = [w for w in waiting if w[0] != name]
 
 
-# --- `usbagent sync MOUNTPOINT` -----------------------------------------------------------
-
-
-def find_mount(raw: str) -> tuple[Path, MountEntry]:
-    path = Path(os.path.realpath(raw))
-    entry = mounts.mount_at(path, mounts.read())
-    if not path.is_dir():
-        raise UsbagentError(f"{raw} is not a folder; pass the mount point of the stick")
-    if not os.path.ismount(path) or entry is None:
-        raise UsbagentError(
-            f"{raw} is not a mount point; mount the stick there first (copying to a plain "
-            "folder would fill this disk instead of the stick)"
-        )
-    return path, entry
+# --- which stick is mounted where --------------------------------------------------------
 
 
 def facts_for_mount(mountpoint: Path, entry: MountEntry) -> Partition:

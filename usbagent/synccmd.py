@@ -7,6 +7,7 @@ progress line, and the one record of what it printed (the person unmounts the st
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -15,21 +16,35 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from usbagent import journal
+from usbagent import journal, mounts
 from usbagent.config import Config
 from usbagent.devices import Partition, label_matches
 from usbagent.errors import UsbagentError
 from usbagent.events import Outcome
+from usbagent.mounts import MountEntry
 from usbagent.sync import (
     AcceptedCallback,
     Progress,
     ProgressCallback,
     facts_for_mount,
-    find_mount,
     precheck,
     sync_stick,
 )
 from usbagent.syncwords import refusal, told
+
+
+def find_mount(raw: str) -> tuple[Path, MountEntry]:
+    """The mount point the person named, or why it is not one (before anything is written)."""
+    path = Path(os.path.realpath(raw))
+    entry = mounts.mount_at(path, mounts.read())
+    if not path.is_dir():
+        raise UsbagentError(f"{raw} is not a folder; pass the mount point of the stick")
+    if not os.path.ismount(path) or entry is None:
+        raise UsbagentError(
+            f"{raw} is not a mount point; mount the stick there first (copying to a plain "
+            "folder would fill this disk instead of the stick)"
+        )
+    return path, entry
 
 
 def sync_mounted(

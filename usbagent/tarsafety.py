@@ -10,6 +10,9 @@ GNU tar does: `/etc/localtime -> /usr/share/zoneinfo/UTC` must come back as it w
 safe by construction, not by looking at targets: usbagent.extract creates symlinks after every
 other member and never follows one (each path component is opened with O_NOFOLLOW), so no
 member is ever written through a link, chained or not (the CVE-2025-4517 pattern).
+
+GNU tar's incremental folder members (type 'D') are folders whose data is a dumpdir
+(usbagent.dumpdir checks it); Python 3.11's tarfile does not know the type but yields them.
 """
 
 from __future__ import annotations

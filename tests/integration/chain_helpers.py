@@ -107,19 +107,25 @@ class Chains:
         return path
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_command() -> str:
+    """README's standard-tools line for one member of a chain, as written there."""
+    (line,) = [
+        line.strip()
+        for line in README.read_text().splitlines()
+        if "| tar --listed-incremental=/dev/null -x" in line and "inc1" in line
+    ]
+    return line
+
+
 def standard_restore(archives: list[Path], identity: Path, target: Path) -> None:
-    """README's standard-tools restore: each member in order, GNU tar applying its dumpdirs,
-    run in the target folder (tar 1.34's `-C` breaks the swap of two folders)."""
+    """README's standard-tools restore of a chain: its line, for each member in order, run
+    in the target folder (tar 1.34's `-C` breaks the swap of two folders)."""
+    template = readme_command()
+    example = template.split()[4]  # age -d -i key.txt /backups/NAME | ...
     target.mkdir(parents=True, exist_ok=True)
     for archive in archives:
-        subprocess.run(
-            [
-                "bash",
-                "-o",
-                "pipefail",
-                "-c",
-                f"age -d -i {identity} {archive} | zstd -d | tar --listed-incremental=/dev/null -x",
-            ],
-            check=True,
-            cwd=target,
-        )
+        command = template.replace("key.txt", str(identity)).replace(example, str(archive))
+        subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True, cwd=target)

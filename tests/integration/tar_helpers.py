@@ -42,6 +42,13 @@ def entry(
     return info, data if info.isreg() else b""
 
 
+def dumpdir(name: str, *records: str) -> Member:
+    """A folder member as GNU tar's --listed-incremental writes it: its dumpdir as data."""
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = b"D", 0o755, 1_600_000_000
+    return info, b"".join(r.encode() + b"\0" for r in records) + b"\0"
+
+
 def crafted_archive(
     folder: Path, identity: Path, members: Sequence[Member], stamp: str = "20260101T000000Z"
 ) -> Path:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.archive_helpers import usbagent
+from tests.integration.archive_helpers import new_identity, usbagent
 from tests.integration.chain_helpers import Chains, differences, standard_restore, tree
-from tests.integration.tar_helpers import failures, write_sidecar
+from tests.integration.tar_helpers import crafted_archive, dumpdir, entry, failures, write_sidecar
 
 T0 = 1_700_000_000
 
@@ -348,3 +348,85 @@ def test_verify_of_one_point_reads_every_member_of_its_chain(chain: Chains, tmp_
     assert proc.returncode == 1
     assert f"FAILED  {full}: checksum ok, but decryption failed" in proc.stdout
     assert f"OK      {inc2}: checksum ok, decrypted and read" in proc.stdout
+
+
+def test_a_rename_the_chain_cannot_apply_fails_the_restore(tmp_path: Path) -> None:
+    """GNU tar (1.34) does not apply --transform to a dumpdir's rename records: members say
+    `named/a2`, the rename says `data/a` -> `data/a2`. Neither tar nor usbagent can apply it;
+    usbagent says so, instead of a quiet success without the folder's unchanged files."""
+    c = Chains(tmp_path)
+    put(c.source, "a/f", "kept since the full")
+    c.night(full=True, transform="s,^data,named,")
+    next_second()
+    (c.source / "a").rename(c.source / "a2")
+    c.night(transform="s,^data,named,")
+
+    proc = restore(c, c.archives[1], tmp_path / "out")
+
+    assert proc.returncode == 1
+    failed = failures(proc.stderr)
+    assert failed["data/a"].endswith(
+        "not moved to 'data/a2' (renamed in " + c.archives[1].name + "): not there"
+    )
+    assert not (tmp_path / "out" / "named" / "a2" / "f").exists()
+
+
+def test_renames_in_the_order_gnu_tar_lists_them_when_an_inode_was_reused(
+    tmp_path: Path,
+) -> None:
+    """`rm -r old; mv new old; rm file; mkdir file` where the new `file` folder got the inode
+    of the deleted `old`: GNU tar 1.34 wrote the renames below (captured from a real run):
+    `new` onto `old` before `old` (by inode: now `file`) is renamed away, and `new -> old`
+    twice. Applied as listed, `old` would lose its files; restore renames `old` away first."""
+    identity = tmp_path / "id.txt"
+    new_identity(identity)
+    full = crafted_archive(
+        tmp_path,
+        identity,
+        [
+            dumpdir("data/", "Dnew", "Dold", "Yfile"),
+            dumpdir("data/new/", "Yfresh"),
+            dumpdir("data/old/", "Ykept"),
+            entry("data/file", data=b"a file\n"),
+            entry("data/new/fresh", data=b"new's\n"),
+            entry("data/old/kept", data=b"old's\n"),
+        ],
+        stamp="20260101T000000Z",
+    )
+    renames = ["Rdata/new", "Tdata/old", "Rdata/old", "Tdata/file", "Rdata/new", "Tdata/old"]
+    increment = crafted_archive(
+        tmp_path,
+        identity,
+        [
+            dumpdir("data/", "Dfile", "Dold", *renames),
+            dumpdir("data/file/", "Yinner"),
+            dumpdir("data/old/", "Nfresh"),
+            entry("data/file/inner", data=b"now a folder\n"),
+        ],
+        stamp="20260102T000000Z.inc1.20260101T000000Z",
+    )
+    target = tmp_path / "out"
+    proc = usbagent("restore", str(increment), "--identity", str(identity), "--to", str(target))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == [
+        "data", "data/file", "data/file/inner", "data/old", "data/old/fresh"
+    ]  # fmt: skip
+    assert (target / "data" / "old" / "fresh").read_text() == "new's\n"
+    assert full.exists()
+
+
+def test_a_member_restore_into_a_full_folder_leaves_the_rest_alone(
+    chain: Chains, tmp_path: Path
+) -> None:
+    target = tmp_path / "out"
+    put(target, "data/mine.txt", "not in the backup")
+    put(target, "photos/p.jpg", "the user's")
+
+    proc = restore(chain, chain.archives[2], target, "data/x", "data/a2")
+
+    assert proc.returncode == 0, proc.stderr
+    assert (target / "data" / "mine.txt").read_text() == "not in the backup"
+    assert (target / "photos" / "p.jpg").read_text() == "the user's"
+    assert (target / "data" / "x" / "only-y").read_text() == "y"  # swapped in night 2
+    assert (target / "data" / "a2" / "f1").read_text() == "one, changed again"
+    assert sorted(p.name for p in (target / "data").iterdir()) == ["a2", "mine.txt", "x"]

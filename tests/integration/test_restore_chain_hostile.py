@@ -15,8 +15,8 @@ import pytest
 
 from tests.integration.archive_helpers import new_identity
 from tests.integration.tar_helpers import (
-    Member,
     crafted_archive,
+    dumpdir,
     entry,
     failures,
     restore,
@@ -25,13 +25,6 @@ from tests.integration.tar_helpers import (
 
 FULL = "20260101T000000Z"
 INC1 = f"20260102T000000Z.inc1.{FULL}"
-
-
-def dumpdir(name: str, *records: str) -> Member:
-    """A folder member as GNU tar's --listed-incremental writes it: its dumpdir as data."""
-    info = tarfile.TarInfo(name)
-    info.type, info.mode, info.mtime = b"D", 0o755, 1_600_000_000
-    return info, b"".join(r.encode() + b"\0" for r in records) + b"\0"
 
 
 @pytest.fixture

@@ -136,8 +136,9 @@ def test_doctor_flags_a_snapshot_of_no_archive_and_a_missing_full(
     names = chain(deployment, 3, 3)
     folder = deployment.config.agent.state_dir / "snapshots"
     folder.mkdir()
-    for name in names:
+    for name in names:  # as the archive job leaves them: the snapshot and its digest
         (folder / (name + ".snar")).write_bytes(b"GNU tar-1.34-2\n")
+        (folder / (name + ".snar.json")).write_text('{"sha256": "", "selection": ""}\n')
     (folder / (names[-1] + ".snar.partial")).write_bytes(b"")  # a running job's: not flagged
     r = deployment.cli("doctor")
     assert (r.returncode, r.stdout.splitlines()[-1]) == (0, "doctor: all good"), r.stdout
@@ -151,8 +152,8 @@ def test_doctor_flags_a_snapshot_of_no_archive_and_a_missing_full(
     assert lines[-1] == (
         f"PROBLEM  snapshot: {orphan} belongs to no archive in {dest} (its archive was removed "
         "other than by retention, or archive.destination or archive.prefix changed): it is "
-        f"never used again. Fix: rm {orphan} (the archive job never reads it; if an archive "
-        "was removed by hand, `usbagent status` names the chains that lost it)"
+        f"never used again. Fix: rm {orphan} {orphan}.json (the archive job never reads it; if "
+        "an archive was removed by hand, `usbagent status` names the chains that lost it)"
     ), r.stdout
     (chain_line,) = [x for x in lines if x.startswith("PROBLEM  chain ")]
     assert chain_line.startswith(

@@ -49,6 +49,7 @@ LAYERS: dict[str, frozenset[str]] = {
             "dbuscall",
             "logind",
             "folderwalk",
+            "hasher",
         }
     ),
     "sources": frozenset(
