@@ -124,6 +124,8 @@ def test_a_stick_stopped_midway_holds_a_restorable_prefix_of_the_chain(
     assert not outcome.ok and "2 of 4 archive(s) copied" in outcome.summary, outcome.summary
     assert stick_files(mount) == with_sidecars(week[:2])
     assert restore_point_of(config, mount) == week[1]
+    shown = usbagent(write_toml(config, tmp_path / "c.toml"), "status").stdout
+    assert f"restores completely to {week[1]} (made 2026-11-02 02:00 UTC)" in shown, shown
 
 
 def test_a_member_missing_or_corrupt_on_the_stick_is_copied_again_from_the_host(
