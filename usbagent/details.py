@@ -146,6 +146,32 @@ class ForeignDetails:
 
 
 @dataclass(frozen=True)
+class PointDetails:
+    """A restore point a sync could not put on the stick whole: what its chain lacks."""
+
+    archive: str
+    missing: tuple[int, ...]  # levels absent (0: the full)
+    ambiguous: tuple[int, ...]  # levels with two archives
+
+
+def _points(d: Mapping[str, Any], key: str) -> tuple[PointDetails, ...] | None:
+    points = _objects(d, key)
+    if points is None:
+        return None
+    return tuple(
+        PointDetails(_str(p, "archive"), _levels(p, "missing"), _levels(p, "ambiguous"))
+        for p in points
+    )
+
+
+def _levels(d: Mapping[str, Any], key: str) -> tuple[int, ...]:
+    value = d.get(key)
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, int) and not isinstance(v, bool))
+
+
+@dataclass(frozen=True)
 class SyncDetails:
     """What usbagent said about a stick (kinds "sync", "refused", "stick-recognised").
 
@@ -169,6 +195,10 @@ class SyncDetails:
     pruned: tuple[str, ...] | None = None
     free_bytes: int | None = None
     archives: tuple[str, ...] | None = None  # our verified copies on the stick now
+    restore_points: int | None = None  # restore points the stick restores completely now
+    restore_point: str | None = None  # the newest of them ("" when there is none)
+    broken: tuple[PointDetails, ...] | None = None  # chains on the stick a member is missing of
+    uncopied: tuple[PointDetails, ...] | None = None  # not copied: the host lacks a member
     duration: float | None = None  # seconds
     removal: Removal | None = None  # how the stick may be taken out; None: not said
     unmounted: bool | None = None
@@ -210,6 +240,10 @@ class SyncDetails:
             pruned=_names(d, "pruned"),
             free_bytes=_int(d, "free_bytes"),
             archives=_names(d, "archives"),
+            restore_points=_int(d, "restore_points"),
+            restore_point=_said(d, "restore_point"),
+            broken=_points(d, "broken"),
+            uncopied=_points(d, "uncopied"),
             duration=_number(d, "duration"),
             removal=typing.cast(Removal, removal) if removal in typing.get_args(Removal) else None,
             unmounted=_bool(d, "unmounted"),

@@ -6,7 +6,7 @@ decision is made whichever backend saw the device, and decisions are unit-testab
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from usbagent.config import UsbConfig
@@ -57,11 +57,16 @@ def describe(p: Partition) -> str:
     return f"{name} (UUID {p.uuid})" if p.uuid else name
 
 
-def refusal_reason(p: Partition, usb: UsbConfig, sizes_to_copy: Sequence[int]) -> str | None:
+def refusal_reason(
+    p: Partition, usb: UsbConfig, to_copy: Mapping[str, int], least: int = 0
+) -> str | None:
     """Why a labelled partition must not be used, or None when it is acceptable.
 
-    Only called for partitions where `label_matches` holds. `sizes_to_copy` are the sizes of
-    the archive files that would be copied (the encrypted files, as they sit on disk).
+    Only called for partitions where `label_matches` holds. `to_copy`: name -> size of every
+    archive file a sync would copy (the encrypted files as they sit on disk: the kept
+    restore points with every member of their chains, since a FAT32 stick that cannot take
+    one full cannot restore any increment made on it); `least`: the bytes the smallest of
+    those restore points needs with its chain (0: none).
     """
     if usb.uuids and p.uuid.lower() not in usb.uuids:
         shown = p.uuid or "(none)"
@@ -80,15 +85,17 @@ def refusal_reason(p: Partition, usb: UsbConfig, sizes_to_copy: Sequence[int]) -
             f"filesystem {fstype} is not supported (supported: {', '.join(SUPPORTED_FSTYPES)}; "
             "reformat the stick as ext4 or exFAT)"
         )
-    too_big = [s for s in sizes_to_copy if s > FAT_MAX_FILE]
+    too_big = sorted((size, name) for name, size in to_copy.items() if size > FAT_MAX_FILE)
     if fstype == "vfat" and too_big:
+        size, name = too_big[-1]
         return (
-            f"FAT32 cannot hold an archive of {max(too_big)} bytes (files are limited to "
-            f"{FAT_MAX_FILE} bytes, 4 GiB - 1); reformat the stick as exFAT or ext4"
+            f"FAT32 cannot hold {name} ({size} bytes; files are limited to {FAT_MAX_FILE} "
+            "bytes, 4 GiB - 1), and the restore points to copy need it; reformat the stick "
+            "as exFAT or ext4"
         )
-    if sizes_to_copy and p.size and p.size < min(sizes_to_copy):
+    if least and p.size and p.size < least:
         return (
-            f"partition holds {p.size} bytes, less than the smallest archive to copy "
-            f"({min(sizes_to_copy)} bytes); use a bigger stick"
+            f"partition holds {p.size} bytes, less than the smallest restore point to copy "
+            f"needs with its chain ({least} bytes); use a bigger stick"
         )
     return None

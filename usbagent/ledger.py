@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from usbagent import chains, naming
+from usbagent.chains import RestorePoint
 from usbagent.plan import StickFile
 from usbagent.state import read_json, write_json
 
@@ -37,10 +39,28 @@ class StickRecord:
     last_error: str = ""  # summary of the last failed or refused sync
     last_error_time: str = ""
 
+    @property
+    def points(self) -> list[RestorePoint]:
+        """Every copy on the stick as a restore point, judged over what the stick holds."""
+        parsed = [a for a in (naming.parse(n) for n in self.archives) if a is not None]
+        return chains.restore_points(parsed)
+
+    @property
+    def restore_point(self) -> RestorePoint | None:
+        """The newest restore point the stick can restore completely (its whole chain is
+        on it), derived from the copies recorded, so a ledger an older version wrote (only
+        fulls) answers too. None: the stick holds none."""
+        return chains.newest_complete(self.points)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["archives"] = list(self.archives)
         d["copies"] = [asdict(c) for c in self.copies]
+        # derived, for a person or script reading the file; from_json ignores them
+        point = self.restore_point
+        d["restore_point"] = point.archive.filename if point else ""
+        d["restore_point_made"] = point.archive.created.isoformat() if point else ""
+        d["broken"] = [p.archive.filename for p in chains.broken(self.points)]
         return d
 
     @classmethod

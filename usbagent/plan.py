@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from usbagent import naming
+from usbagent import chains, naming
+from usbagent.chains import RestorePoint
 from usbagent.naming import in_future
 from usbagent.units import human_bytes
 
@@ -101,10 +102,18 @@ class Audit:
 
 @dataclass(frozen=True)
 class SyncPlan:
-    copy: tuple[LocalArchive, ...]  # newest first
-    prune: tuple[str, ...]  # oldest first: the order they may be freed early for space
+    copy: tuple[LocalArchive, ...]  # in `copy_order`: newest chain first, full before levels
+    # oldest chain first, its highest level first (so the stick holds a chain's prefix at
+    # every moment): the order they may be freed early for space
+    prune: tuple[str, ...]
     bytes_to_copy: int
     future: tuple[str, ...] = ()  # local archives not copied: dated in the future
+    points: tuple[str, ...] = ()  # the complete restore points the stick is to hold
+    # restore points neither the stick nor this host can complete: those whose copies the
+    # stick holds (kept, never counted: the sync fails naming them), and those only here
+    # (never copied: an increment without its whole chain restores nothing)
+    broken: tuple[RestorePoint, ...] = ()
+    uncopied: tuple[RestorePoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,6 +231,38 @@ def judge(found: Survey, read_back: Mapping[str, str | None]) -> Audit:
     return Audit(tuple(present), tuple(replace), tuple(corrupt), tuple(foreign), tuple(fix))
 
 
+@dataclass(frozen=True)
+class Retained:
+    """The restore points a stick is to hold, and the ones no sync can make whole."""
+
+    points: tuple[RestorePoint, ...]  # the `keep` newest complete points, newest first
+    needed: frozenset[str]  # every archive those points need (their chains)
+    broken: tuple[RestorePoint, ...]  # points within retention whose chain is incomplete
+
+
+def retained(available: Collection[str], keep: int, prefix: str) -> Retained:
+    """Which restore points to hold when the archives `available` can be had.
+
+    Only complete points count toward `keep`: an increment without its whole chain restores
+    nothing a person asked for. A broken point stays within retention (reported, its copies
+    kept: an increment still holds the files changed that night) until `keep` complete
+    points newer than it exist; then it goes like any old copy.
+    """
+    parsed = [a for a in (naming.parse(n, prefix) for n in available) if a is not None]
+    points = sorted(chains.restore_points(parsed), key=lambda p: p.archive, reverse=True)
+    target = tuple([p for p in points if p.complete][:keep])
+    cutoff = target[-1].archive if target and len(target) >= keep else None
+    broken = tuple(p for p in chains.broken(points) if cutoff is None or p.archive > cutoff)
+    return Retained(target, chains.needed(target), tuple(reversed(broken)))
+
+
+def copy_order(names: Collection[str], prefix: str) -> list[str]:
+    """Newest chain first; within a chain its full, then levels 1..N: a stick pulled
+    midway holds a usable prefix of the newest chain, never an increment without its base."""
+    parsed = [(a, n) for a, n in ((naming.parse(n, prefix), n) for n in names) if a]
+    return [n for a, n in sorted(parsed, key=lambda an: (an[0].full, -an[0].level), reverse=True)]
+
+
 def plan_sync(
     local: Sequence[LocalArchive],
     on_stick: Sequence[StickFile],
@@ -231,17 +272,20 @@ def plan_sync(
     now: datetime,
     exclude: Collection[str] = (),
 ) -> SyncPlan | Refusal:
-    """Make the stick hold the newest `keep` archives of `prefix` known here or on the stick.
+    """Make the stick hold the newest `keep` complete restore points of `prefix` that can be
+    had from here or from the stick, with every archive their chains need.
 
     `on_stick` must be verified copies of ours (`Audit.present`): nothing else counts. The
-    target set is the newest `keep` of (stick + local), so an archive older than what the
-    stick already keeps is never copied only to be pruned. Archives dated in the future never
-    count (they would push every real one out) and are not copied; `exclude` names local
-    archives that cannot be copied (corrupt here, or a foreign file holds the name on the
-    stick): they take no place in the target, so no older copy is pruned in their stead.
-    Files of other prefixes are neither counted nor touched. The copy must fit in the free
-    space plus what the planned prunes release; prunes are only ever those the retention
-    policy asks for, never extra ones to make room.
+    points are judged over stick + local, so an archive older than what the stick already
+    keeps is never copied only to be pruned, and a chain member the stick lacks (never
+    copied, or removed as corrupt) is copied again when this host has it: a broken chain on
+    the stick is repaired. Archives dated in the future never count (they would push every
+    real one out) and are not copied; `exclude` names local archives that cannot be copied
+    (corrupt here, or a foreign file holds the name on the stick): they take no place, so
+    no older copy is pruned in their stead. Files of other prefixes are neither counted nor
+    touched. Prunes are only copies no kept point needs and no reported broken point holds,
+    never extra ones to make room; the copy must fit in the free space plus what they
+    release.
     """
     local_by_name = {
         a.name: a
@@ -252,22 +296,53 @@ def plan_sync(
         f.name: f for f in on_stick if naming.parse(f.name, prefix) and not in_future(f.name, now)
     }
     future = tuple(a.name for a in local if naming.parse(a.name, prefix) and in_future(a.name, now))
-    everything = _newest_first(local_by_name.keys() | stick_by_name.keys(), prefix)
-    target = everything[:keep]
-    copy = tuple(local_by_name[n] for n in target if n not in stick_by_name)
-    prune = tuple(reversed([n for n in everything[keep:] if n in stick_by_name]))
+    keeping = retained(local_by_name.keys() | stick_by_name.keys(), keep, prefix)
+    # a broken point the stick holds is its archive there, not merely its chain's base
+    broken = tuple(p for p in keeping.broken if p.archive.filename in stick_by_name)
+    held = {n for p in broken for n in p.filenames if n in stick_by_name}
+    missing = keeping.needed - stick_by_name.keys()
+    copy = tuple(local_by_name[n] for n in copy_order(missing, prefix))
+    spare = stick_by_name.keys() - keeping.needed - held
+    prune = tuple(reversed(copy_order(spare, prefix)))
     bytes_to_copy = sum(a.size for a in copy)
     released = sum(stick_by_name[n].size for n in prune)
     needed = bytes_to_copy + margin(len(copy))
     if copy and free_bytes + released < needed:
         return Refusal(
             f"not enough space: {len(copy)} archive(s) need {human_bytes(needed)} "
-            f"({human_bytes(bytes_to_copy)} + {human_bytes(needed - bytes_to_copy)} margin), "
+            f"({human_bytes(bytes_to_copy)} + {human_bytes(needed - bytes_to_copy)} margin) "
+            f"for {len(keeping.points)} restore point(s) with their whole chains, "
             f"the stick has {human_bytes(free_bytes)} free and pruning old copies would "
             f"release {human_bytes(released)} more; make room on the stick, lower usb.keep, "
             "or use a bigger one"
         )
-    return SyncPlan(copy=copy, prune=prune, bytes_to_copy=bytes_to_copy, future=future)
+    return SyncPlan(
+        copy=copy,
+        prune=prune,
+        bytes_to_copy=bytes_to_copy,
+        future=future,
+        points=tuple(p.archive.filename for p in keeping.points),
+        broken=broken,
+        uncopied=tuple(p for p in keeping.broken if p not in broken),
+    )
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a sync would copy to an empty stick, judged before mounting it."""
+
+    sizes: tuple[tuple[str, int], ...]  # every member of the kept points' chains, copy order
+    least: int  # bytes of the smallest of those restore points with its whole chain
+
+
+def wanted(local: Sequence[LocalArchive], keep: int, prefix: str, now: datetime) -> Wanted:
+    """The archives (and their sizes) the newest `keep` complete restore points here need:
+    what the FAT32 limit and a partition's size are judged against before mount."""
+    size = {a.name: a.size for a in local if not in_future(a.name, now)}
+    keeping = retained(size.keys(), keep, prefix)
+    least = min((sum(size[n] for n in p.filenames) for p in keeping.points), default=0)
+    order = copy_order(keeping.needed, prefix)
+    return Wanted(tuple((n, size[n]) for n in order), least)
 
 
 def space_to_free(

@@ -247,7 +247,7 @@ def check_sticks(
     limit = timedelta(days=stale_after_days)
     for stick in sticks:
         name = f"stick {stick.label or '?'} ({stick.uuid})"
-        held = f"holds {stick.newest_archive or 'no archive'}"
+        held = f"holds {stick.newest_archive or 'no archive'}; {_restores(stick)}"
         failed_since = stick.last_error_time is not None and (
             stick.last_ok_sync is None or stick.last_error_time > stick.last_ok_sync
         )
@@ -281,6 +281,13 @@ def check_sticks(
                 )
             )
     return checks
+
+
+def _restores(stick: Stick) -> str:
+    """The newest state the stick brings back whole (its restore point), in words."""
+    if stick.restore_point is None:
+        return "no complete restore point on it"
+    return f"restores completely to {stick.restore_point} (made {when(stick.restore_point_made)})"
 
 
 def describe_sync(outcome: Outcome) -> str:

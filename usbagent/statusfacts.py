@@ -51,6 +51,9 @@ class Stick:
     free_bytes: int | None
     last_error: str | None
     last_error_time: datetime | None
+    # the newest restore point the stick can restore completely (ledger.restore_point)
+    restore_point: str | None = None
+    restore_point_made: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def read_heartbeat(state_dir: Path) -> Heartbeat | None:
 def stick_facts(record: ledger.StickRecord) -> Stick:
     """A ledger record with its times parsed (an unparsable time reads as never)."""
     newest = record.last_verified_copy or (record.archives[0] if record.archives else None)
+    point = record.restore_point
     return Stick(
         uuid=record.uuid,
         label=record.label,
@@ -122,6 +126,8 @@ def stick_facts(record: ledger.StickRecord) -> Stick:
         free_bytes=record.free_bytes,
         last_error=record.last_error or None,
         last_error_time=_time(record.last_error_time),
+        restore_point=point.archive.filename if point else None,
+        restore_point_made=point.archive.created if point else None,
     )
 
 

@@ -48,7 +48,7 @@ from usbagent.synclocal import (
     local_archives,
     local_sha256,
     recorded_sha256,
-    sizes_to_copy,
+    to_copy,
     unrecorded,
 )  # fmt: skip
 from usbagent.syncwords import Run, cause, failed, finished, human, pulled, refused, report
@@ -72,7 +72,8 @@ class Progress:
 
 def precheck(config: Config, partition: Partition) -> str | None:
     """The pre-mount refusal reason for a labelled partition, or None: the agent's one call."""
-    return refusal_reason(partition, config.usb, sizes_to_copy(config))
+    most = to_copy(config)
+    return refusal_reason(partition, config.usb, dict(most.sizes), most.least)
 
 
 # --- the sync -----------------------------------------------------------------------------
@@ -217,6 +218,7 @@ def _sync(
             return refused(run, plan.reason)
         run.planned = len(plan.copy)
         run.future = plan.future
+        run.broken, run.uncopied = plan.broken, plan.uncopied
         if accepted is not None:
             accepted(plan)
         _carry_out(config, folder, plan, run, cancel, progress)
@@ -287,7 +289,8 @@ def _carry_out(
     cancel: threading.Event,
     progress: ProgressCallback | None,
 ) -> None:
-    """Copy newest first; prune only after all copies verified, unless space forces earlier.
+    """Copy in the plan's order (newest chain first, each full before its levels); prune
+    only after all copies verified, unless space forces earlier.
 
     Corrupt copies of ours go first, unless the local archive meant to replace them failed
     its own check: then both are damaged and the stick's copy may still hold readable data.

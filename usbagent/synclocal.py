@@ -10,6 +10,7 @@ import logging
 import threading
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,7 @@ from usbagent.copier import (
     CHUNK,
     Cancelled,
 )
-from usbagent.plan import (
-    LocalArchive,
-)
+from usbagent.plan import LocalArchive, Wanted, wanted
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +73,11 @@ def _import_fs() -> tuple[Any, Any]:
     return fs.errors, fs.osfs
 
 
-def sizes_to_copy(config: Config) -> list[int]:
-    """Sizes of the archives a sync would copy at most (for `refusal_reason` before mount)."""
-    return [a.size for a in local_archives(config)[: config.usb.keep]]
+def to_copy(config: Config) -> Wanted:
+    """What a sync would copy at most: the kept restore points' whole chains (for
+    `refusal_reason` before mount)."""
+    now = datetime.now(UTC)
+    return wanted(local_archives(config), config.usb.keep, config.archive_prefix, now)
 
 
 @dataclass(frozen=True)

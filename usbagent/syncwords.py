@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import errno
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from usbagent import chains, naming
+from usbagent.chains import RestorePoint
 from usbagent.config import Config
-from usbagent.details import ForeignDetails, SyncDetails
+from usbagent.details import ForeignDetails, PointDetails, SyncDetails
 from usbagent.devices import Partition, describe
 from usbagent.events import Outcome, Removal
 from usbagent.journal import StickReport
@@ -47,6 +50,10 @@ class Run:
     future: tuple[str, ...] = ()  # local archives not copied: dated in the future
     unrecorded: tuple[str, ...] = ()  # local archives not copied: no run recorded making them
     corrupt_local: list[CorruptLocal] = field(default_factory=list)
+    # restore points no one can complete: copies on the stick (kept, not counted), or only
+    # here (not copied); see `plan.SyncPlan`
+    broken: tuple[RestorePoint, ...] = ()
+    uncopied: tuple[RestorePoint, ...] = ()
 
     def holds(self) -> tuple[StickFile, ...] | None:
         """Our verified copies on the stick now, newest first (None: never looked)."""
@@ -56,10 +63,15 @@ class Run:
         kept = [f for f in self.audit.present if f.name not in gone]
         return tuple(sorted({*kept, *self.copied}, key=lambda f: f.name, reverse=True))
 
+    def restorable(self) -> list[RestorePoint]:
+        """The restore points the stick can restore completely now, oldest first."""
+        return complete_points(f.name for f in self.holds() or ())
+
     def details(self) -> SyncDetails:
         """What the run did so far, as the outcome's details (`.to_json()` to store them)."""
         audit = self.audit
         holds = self.holds()
+        restorable = self.restorable()
         return SyncDetails(
             label=self.label,
             uuid=self.uuid,
@@ -76,8 +88,35 @@ class Run:
             pruned=tuple(self.pruned),
             free_bytes=self.free_bytes,
             archives=tuple(f.name for f in holds or ()),
+            restore_points=len(restorable),
+            restore_point=restorable[-1].archive.filename if restorable else "",
+            broken=tuple(_point_details(p) for p in self.broken),
+            uncopied=tuple(_point_details(p) for p in self.uncopied),
             duration=round(time.monotonic() - self.started, 3),
         )
+
+
+def complete_points(names: Iterable[str]) -> list[RestorePoint]:
+    """The complete restore points among archive `names`, oldest first."""
+    parsed = [a for a in (naming.parse(n) for n in names) if a is not None]
+    return [p for p in chains.restore_points(parsed) if p.complete]
+
+
+def _point_details(point: RestorePoint) -> PointDetails:
+    return PointDetails(point.archive.filename, point.missing, point.ambiguous)
+
+
+def lacks(point: RestorePoint) -> str:
+    """What a broken restore point lacks, in words: the level(s) of which chain."""
+    full = naming.make(point.archive.prefix, point.archive.full).filename
+    gaps = [f"lacks {'the full' if n == 0 else f'level {n}'}" for n in point.missing]
+    gaps += [f"has two archives for level {n}" for n in point.ambiguous]
+    return f"{point.archive.filename} (chain of {full}: {', '.join(gaps)})"
+
+
+def _lacking(points: tuple[RestorePoint, ...]) -> str:
+    more = f" and {len(points) - 3} more" if len(points) > 3 else ""
+    return "; ".join(lacks(p) for p in points[:3]) + more
 
 
 def human(n: int | None) -> str:
@@ -168,6 +207,14 @@ def _problem(run: Run, config: Config, have_local: bool) -> str | None:
             f"stick is not at fault: check the disk holding {config.archive.destination}, "
             "then delete that archive and its .sha256 and run `usbagent archive`"
         )
+    if run.broken:
+        return (
+            f"the stick holds {len(run.broken)} restore point(s) that cannot be restored, and "
+            f"this host no longer has what they lack: {_lacking(run.broken)}; their copies "
+            "stay on the stick but do not count as backups (delete them from the stick to "
+            f"accept the loss; they also go once {config.usb.keep} newer restore point(s) "
+            "are there)"
+        )
     if blocking := [f.name for f in audit.foreign if f.why == "differs"]:
         return (
             f"{', '.join(blocking)} on the stick is not the archive usbagent made under that "
@@ -208,6 +255,11 @@ def finished(run: Run, config: Config, have_local: bool) -> Outcome:
             f"{', '.join(unrecorded)} (delete them from {config.archive.destination} if "
             "they are not yours)"
         )
+    if run.uncopied:
+        notes.append(
+            f"not copied, their chain is incomplete here and on the stick: "
+            f"{_lacking(run.uncopied)} (see `usbagent status`)"
+        )
     if audit.foreign:
         notes.append(_foreign_note(audit.foreign))
     extra = f" ({'; '.join(notes)})" if notes else ""
@@ -217,7 +269,11 @@ def finished(run: Run, config: Config, have_local: bool) -> Outcome:
             f"verified{extra}; {tail}"
         )
     else:
-        summary = f"{run.stick} is up to date, {verified} archive(s) verified{extra}; {tail}"
+        points = len(run.restorable())
+        summary = (
+            f"{run.stick} is up to date, {verified} archive(s) verified "
+            f"({points} restore point(s)){extra}; {tail}"
+        )
     return Outcome(kind="sync", ok=True, summary=summary, details=run.details().to_json())
 
 

@@ -30,10 +30,27 @@ def archive_name(day: int, prefix: str = PREFIX) -> str:
     return naming.make(prefix, T0 + timedelta(days=day)).filename
 
 
+def increment_name(day: int, level: int, full_day: int, prefix: str = PREFIX) -> str:
+    """Level `level` of the chain whose full was made on `full_day`, made on `day`."""
+    return naming.make(
+        prefix, T0 + timedelta(days=day), level, T0 + timedelta(days=full_day)
+    ).filename
+
+
+def chain_names(full_day: int, nights: int, prefix: str = PREFIX) -> list[str]:
+    """A full on `full_day`, then one increment a night: levels 1..nights-1, in order."""
+    later = [increment_name(full_day + n, n, full_day, prefix) for n in range(1, nights)]
+    return [archive_name(full_day, prefix), *later]
+
+
 def make_archive(dest: Path, day: int, size: int, prefix: str = PREFIX) -> LocalArchive:
     """Random bytes under an archive name, with its sidecar, as `usbagent archive` leaves it."""
+    return make_named(dest, archive_name(day, prefix), size)
+
+
+def make_named(dest: Path, name: str, size: int) -> LocalArchive:
+    """`make_archive` for any archive name (a full or an increment)."""
     dest.mkdir(parents=True, exist_ok=True)
-    name = archive_name(day, prefix)
     h = hashlib.sha256()
     with (dest / name).open("wb") as f:
         left = size

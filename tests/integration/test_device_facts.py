@@ -47,12 +47,12 @@ def test_usbagent_sync_and_the_agent_judge_a_stick_alike(
 
     assert judged(sync_sees) == judged(agent_sees)
     usb = UsbConfig(labels=(unique_label,), require_usb=True)
-    verdict = refusal_reason(sync_sees, usb, [1024])
+    verdict = refusal_reason(sync_sees, usb, {"a": 1024})
     assert verdict is not None and "USB" in verdict  # a loop device is not on USB
-    assert refusal_reason(agent_sees, usb, [1024]) == verdict
+    assert refusal_reason(agent_sees, usb, {"a": 1024}) == verdict
     lenient = dataclasses.replace(usb, require_usb=False)
-    assert refusal_reason(agent_sees, lenient, [1024]) is None
-    assert refusal_reason(sync_sees, lenient, [1024]) is None
+    assert refusal_reason(agent_sees, lenient, {"a": 1024}) is None
+    assert refusal_reason(sync_sees, lenient, {"a": 1024}) is None
 
 
 def test_udev_backend_and_usbagent_sync_read_a_device_through_one_conversion(

@@ -79,7 +79,7 @@ def test_stick_smaller_than_one_archive_refused_before_mount_by_the_cli(
     r = usbagent(write_toml(config, tmp_path / "c.toml"), "sync", str(mount))
 
     assert r.returncode == 1
-    assert "less than the smallest archive" in r.stderr and str(20 * MIB) in r.stderr
+    assert "less than the smallest restore point" in r.stderr and str(20 * MIB) in r.stderr
     assert stick_files(mount) == set()
 
 

@@ -219,7 +219,7 @@ def test_a_device_below_usb_is_on_usb_for_every_reader_even_without_id_bus() -> 
     below_usb = with_usb_bus(props, ["scsi", "usb", "pci"])
     p = facts_from_udev("/sys/x/sdb1", below_usb, 1 << 30, "/sys/x/sdb", {})
     assert p.bus == "usb"
-    assert refusal_reason(p, UsbConfig(labels=("B",), require_usb=True), [1024]) is None
+    assert refusal_reason(p, UsbConfig(labels=("B",), require_usb=True), {"a": 1024}) is None
     assert with_usb_bus(props, ["scsi", "pci"]) == props  # nothing below usb: no bus claimed
     ata = {**props, "ID_BUS": "ata"}
     assert with_usb_bus(ata, ["usb"]) == ata  # what udev named wins

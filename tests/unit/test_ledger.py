@@ -85,3 +85,54 @@ def test_a_ledger_written_before_copies_were_recorded_still_loads(tmp_path: Path
     path.write_text(json.dumps({"uuid": UUID_B, "archives": ["b-1"], "last_verified_copy": "b-1"}))
     record = ledger.load(tmp_path, UUID_B)
     assert record is not None and record.archives == ("b-1",) and record.copies == ()
+
+
+def _chain_names() -> tuple[str, str, str, str]:
+    from datetime import UTC, datetime, timedelta
+
+    from usbagent import naming
+
+    t0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+    full = naming.make("h", t0).filename
+    inc = [naming.make("h", t0 + timedelta(days=n), n, t0).filename for n in (1, 2, 3)]
+    return full, inc[0], inc[1], inc[2]
+
+
+def test_the_stick_restores_to_its_newest_point_whose_whole_chain_it_holds(
+    tmp_path: Path,
+) -> None:
+    full, inc1, _, inc3 = _chain_names()
+    # level 2 is missing on the stick: levels 2 and 3 are not restorable, level 1 is
+    ledger.record_ok(tmp_path, UUID_A, "a", (inc3, inc1, full), 1, inc3)
+
+    record = ledger.load(tmp_path, UUID_A)
+
+    assert record is not None and record.restore_point is not None
+    assert record.restore_point.archive.filename == inc1
+    assert record.last_verified_copy == inc3  # the newest copy is not the newest point
+    saved = json.loads((tmp_path / "sticks" / f"{UUID_A.lower()}.json").read_text())
+    assert saved["restore_point"] == inc1
+    assert saved["restore_point_made"] == "2026-11-02T02:00:00+00:00"
+    assert saved["broken"] == [inc3]
+    assert ledger.load(tmp_path, UUID_A) == record  # the derived keys do not break reading
+
+
+def test_a_stick_with_increments_but_no_full_has_no_restore_point(tmp_path: Path) -> None:
+    _, inc1, inc2, _ = _chain_names()
+    ledger.record_error(tmp_path, UUID_A, "a", "failed", (inc2, inc1))
+
+    record = ledger.load(tmp_path, UUID_A)
+
+    assert record is not None and record.restore_point is None
+
+
+def test_a_ledger_of_fulls_an_older_version_wrote_restores_to_its_newest(tmp_path: Path) -> None:
+    old = {"uuid": UUID_B, "archives": ["h-20261102T020000Z.tar.zst.age",
+                                        "h-20261101T020000Z.tar.zst.age"]}  # fmt: skip
+    (tmp_path / "sticks").mkdir()
+    (tmp_path / "sticks" / f"{UUID_B}.json").write_text(json.dumps(old))
+
+    record = ledger.load(tmp_path, UUID_B)
+
+    assert record is not None and record.restore_point is not None
+    assert record.restore_point.archive.filename == "h-20261102T020000Z.tar.zst.age"

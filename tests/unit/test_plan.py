@@ -61,7 +61,7 @@ def test_only_missing_archives_are_copied() -> None:
 
 def test_up_to_date_stick_needs_nothing() -> None:
     plan = ok(plan_sync(local(1, 2), stick(1, 2), 0, keep=5, prefix=PREFIX, now=NOW))
-    assert plan == SyncPlan(copy=(), prune=(), bytes_to_copy=0)
+    assert plan == SyncPlan(copy=(), prune=(), bytes_to_copy=0, points=(name(2), name(1)))
 
 
 def test_prune_beyond_keep_oldest_first() -> None:
@@ -303,3 +303,135 @@ def test_only_partials_of_archives_this_host_has_or_recorded_are_removed() -> No
     )
     found = survey_of({name(3) + ".partial": 5, "notes.partial": 1})
     assert found.foreign == (Foreign(name(3) + ".partial", 5, "partial"),)
+
+
+# --- whole chains: restore points, not archives ------------------------------------------------
+
+
+def inc(day: int, level: int, of: int) -> str:
+    return naming.make(PREFIX, T0 + timedelta(days=day), level, T0 + timedelta(days=of)).filename
+
+
+def chain(start: int, nights: int) -> list[str]:
+    """A full on day `start`, then an increment each following night (levels 1..nights-1)."""
+    return [name(start), *(inc(start + n, n, start) for n in range(1, nights))]
+
+
+def local_named(*names: str, size: int = 100 * MB) -> list[LocalArchive]:
+    return [LocalArchive(n, size, str(abs(hash(n)) % 10**9).zfill(64)) for n in names]
+
+
+def stick_named(*names: str, size: int = 100 * MB) -> list[StickFile]:
+    return [StickFile(a.name, a.size, a.sha256) for a in local_named(*names, size=size)]
+
+
+def test_keep_counts_restore_points_and_each_brings_its_whole_chain_full_first() -> None:
+    week0, week7 = chain(0, 4), chain(7, 2)
+    plan = ok(plan_sync(local_named(*week0, *week7), [], PLENTY, 2, PREFIX, NOW))
+    assert [a.name for a in plan.copy] == week7  # the full, then level 1
+    assert plan.points == (inc(8, 1, 7), name(7))
+
+    plan = ok(plan_sync(local_named(*week0, *week7), [], PLENTY, 3, PREFIX, NOW))
+    # newest chain first; the older chain's full before its levels, levels in order
+    assert [a.name for a in plan.copy] == [*week7, *week0]
+    assert plan.points == (inc(8, 1, 7), name(7), inc(3, 3, 0))
+
+
+def test_pruning_keeps_every_member_a_kept_point_needs_whatever_its_age() -> None:
+    # keep=1: the newest point is level 4; its full and levels 1..3 are old but needed.
+    week0 = chain(0, 5)
+    plan = ok(plan_sync(local_named(week0[-1]), stick_named(*week0[:-1]), PLENTY, 1, PREFIX, NOW))
+    assert [a.name for a in plan.copy] == [week0[-1]]
+    assert plan.prune == ()
+
+
+def test_a_chain_no_kept_point_needs_is_pruned_highest_level_first() -> None:
+    # A stick pulled during the prune still holds a restorable prefix of that chain.
+    week0 = chain(0, 4)
+    plan = ok(plan_sync(local_named(name(7)), stick_named(*week0), PLENTY, 1, PREFIX, NOW))
+    assert plan.prune == tuple(reversed(week0))
+
+
+def test_never_an_increment_without_its_whole_chain() -> None:
+    # Level 1 is gone from the host and was never on the stick: levels 2 and 3 restore
+    # nothing on their own, so only the full is copied, and the two are reported.
+    week0 = chain(0, 4)
+    gone = week0[1]
+    plan = ok(plan_sync(local_named(*(n for n in week0 if n != gone)), [], PLENTY, 3, PREFIX, NOW))
+    assert [a.name for a in plan.copy] == [name(0)]
+    assert plan.points == (name(0),)
+    assert [p.archive.filename for p in plan.uncopied] == [week0[2], week0[3]]
+    assert all(p.missing == (1,) for p in plan.uncopied)
+    assert plan.broken == ()
+
+
+def test_a_member_missing_on_the_stick_is_copied_again_from_the_host() -> None:
+    week0 = chain(0, 4)
+    lost = week0[1]
+    on_stick = stick_named(*(n for n in week0 if n != lost))
+    plan = ok(plan_sync(local_named(*week0), on_stick, PLENTY, 1, PREFIX, NOW))
+    assert [a.name for a in plan.copy] == [lost]
+    assert plan.prune == () and plan.broken == () and plan.points == (week0[-1],)
+
+
+def test_a_member_excluded_here_and_absent_on_the_stick_stops_the_chain_there() -> None:
+    # Level 2 is corrupt on the host (excluded): points from level 2 on cannot be made.
+    week0 = chain(0, 4)
+    plan = ok(plan_sync(local_named(*week0), [], PLENTY, 3, PREFIX, NOW, exclude={week0[2]}))
+    assert [a.name for a in plan.copy] == week0[:2]
+    assert plan.points == (week0[1], week0[0])
+    # level 2 itself is reported by the sync as corrupt here; level 3 as lacking it
+    assert [(p.archive.filename, p.missing) for p in plan.uncopied] == [(week0[3], (2,))]
+
+
+def test_a_broken_chain_on_the_stick_is_kept_reported_and_never_counted() -> None:
+    # The stick lost level 1 and the host no longer has any of that chain.
+    week0 = chain(0, 4)
+    held = [n for n in week0 if n != week0[1]]
+    plan = ok(plan_sync(local_named(name(7)), stick_named(*held), PLENTY, 2, PREFIX, NOW))
+    # level 3 does not count: the two points are the new full and the old full alone
+    assert plan.points == (name(7), name(0))
+    assert [p.archive.filename for p in plan.broken] == [week0[2], week0[3]]
+    assert plan.broken[0].missing == (1,)
+    assert plan.prune == () and plan.uncopied == ()
+
+
+def test_a_broken_chain_goes_once_keep_complete_points_are_newer() -> None:
+    week0 = chain(0, 4)
+    held = [n for n in week0 if n != week0[1]]
+    plan = ok(plan_sync(local_named(name(7), name(8)), stick_named(*held), PLENTY, 2, PREFIX, NOW))
+    assert plan.points == (name(8), name(7))
+    assert plan.broken == () and plan.uncopied == ()
+    assert plan.prune == (week0[3], week0[2], week0[0])
+
+
+def test_a_stick_with_only_increments_of_a_chain_holds_no_restore_point() -> None:
+    week0 = chain(0, 3)
+    plan = ok(plan_sync([], stick_named(*week0[1:]), PLENTY, 3, PREFIX, NOW))
+    assert plan.points == () and plan.copy == () and plan.prune == ()
+    assert [p.missing for p in plan.broken] == [(0,), (0,)]
+
+
+def test_space_is_planned_for_every_member_of_the_chain() -> None:
+    # The newest point is a small increment, but its 100 MB full must go too.
+    full = LocalArchive(name(0), 100 * MB, "a" * 64)
+    small = LocalArchive(inc(1, 1, 0), MB, "b" * 64)
+    room = MB + margin(1) + 10 * MB
+    result = plan_sync([small, full], [], room, 1, PREFIX, NOW)
+    assert isinstance(result, Refusal)
+    assert "2 archive(s)" in result.reason and human_bytes(101 * MB + margin(2)) in result.reason
+    assert "1 restore point(s) with their whole chains" in result.reason
+    plan = ok(plan_sync([small, full], [], 101 * MB + margin(2), 1, PREFIX, NOW))
+    assert plan.bytes_to_copy == 101 * MB
+
+
+def test_a_broken_point_only_here_is_not_blamed_on_the_stick_holding_its_base() -> None:
+    # The stick holds the full and level 1 (complete); level 2 is gone everywhere, so level
+    # 3, here only, is not copied: the stick itself holds no broken point.
+    week0 = chain(0, 4)
+    base, lost = week0[:2], week0[2]
+    local_ = local_named(*(n for n in week0 if n != lost))
+    plan = ok(plan_sync(local_, stick_named(*base), PLENTY, 3, PREFIX, NOW))
+    assert plan.copy == () and plan.prune == ()
+    assert plan.broken == ()
+    assert [(p.archive.filename, p.missing) for p in plan.uncopied] == [(week0[3], (2,))]

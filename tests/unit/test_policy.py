@@ -52,81 +52,87 @@ def test_fat_label_matches_one_of_several_configured_labels() -> None:
 
 
 def test_an_acceptable_stick_has_no_refusal() -> None:
-    assert refusal_reason(STICK, USB, [GB, 2 * GB]) is None
+    assert refusal_reason(STICK, USB, {"a": GB, "b": 2 * GB}) is None
 
 
 def test_unenrolled_uuid_is_refused_naming_the_uuid_and_the_fix() -> None:
     usb = replace(USB, uuids=("11111111-2222-3333-4444-555555555555",))
-    reason = refusal_reason(STICK, usb, [GB])
+    reason = refusal_reason(STICK, usb, {"a": GB})
     assert reason is not None
     assert UUID in reason and "not enrolled" in reason and "usb.uuids" in reason
 
 
 def test_enrolled_uuid_is_accepted_whatever_its_case() -> None:
     usb = replace(USB, uuids=(UUID,))
-    assert refusal_reason(replace(STICK, uuid=UUID.upper()), usb, [GB]) is None
+    assert refusal_reason(replace(STICK, uuid=UUID.upper()), usb, {"a": GB}) is None
 
 
 def test_non_usb_drive_refused_only_when_require_usb() -> None:
     loop = replace(STICK, bus="loop")
-    reason = refusal_reason(loop, USB, [GB])
+    reason = refusal_reason(loop, USB, {"a": GB})
     assert reason is not None and "loop" in reason and "require_usb" in reason
-    assert refusal_reason(loop, replace(USB, require_usb=False), [GB]) is None
+    assert refusal_reason(loop, replace(USB, require_usb=False), {"a": GB}) is None
 
 
 @pytest.mark.parametrize("fstype", ["ext4", "ext3", "ext2", "xfs", "btrfs", "exfat", "vfat"])
 def test_supported_filesystems_accepted_with_small_archives(fstype: str) -> None:
-    assert refusal_reason(replace(STICK, fstype=fstype), USB, [GB]) is None
+    assert refusal_reason(replace(STICK, fstype=fstype), USB, {"a": GB}) is None
 
 
 @pytest.mark.parametrize("fstype", ["ntfs", "iso9660", "squashfs", "crypto_LUKS", "swap"])
 def test_unsupported_filesystems_refused_with_the_type_named(fstype: str) -> None:
-    reason = refusal_reason(replace(STICK, fstype=fstype), USB, [GB])
+    reason = refusal_reason(replace(STICK, fstype=fstype), USB, {"a": GB})
     assert reason is not None and fstype.lower() in reason and "not supported" in reason
 
 
 def test_unknown_filesystem_refused() -> None:
-    reason = refusal_reason(replace(STICK, fstype=""), USB, [GB])
+    reason = refusal_reason(replace(STICK, fstype=""), USB, {"a": GB})
     assert reason is not None and "unknown" in reason
 
 
-def test_fat32_refused_for_an_archive_over_4gib_with_the_size_said() -> None:
+BIG = "host-20261101T020000Z.tar.zst.age"
+
+
+def test_fat32_refused_for_a_chain_member_over_4gib_naming_it_and_its_size() -> None:
     fat = replace(STICK, fstype="vfat")
-    reason = refusal_reason(fat, USB, [GB, FAT_MAX_FILE + 1])
+    reason = refusal_reason(fat, USB, {"small": GB, BIG: FAT_MAX_FILE + 1})
     assert reason is not None
+    assert BIG in reason and "small" not in reason
     assert str(FAT_MAX_FILE + 1) in reason and str(FAT_MAX_FILE) in reason
     assert "exFAT" in reason
 
 
 def test_fat32_accepts_an_archive_of_exactly_the_limit() -> None:
     assert FAT_MAX_FILE == 4294967295
-    assert refusal_reason(replace(STICK, fstype="vfat"), USB, [FAT_MAX_FILE]) is None
+    assert refusal_reason(replace(STICK, fstype="vfat"), USB, {"a": FAT_MAX_FILE}) is None
 
 
 def test_exfat_and_ext4_take_archives_over_4gib() -> None:
     for fstype in ("exfat", "ext4"):
-        assert refusal_reason(replace(STICK, fstype=fstype), USB, [FAT_MAX_FILE + 1]) is None
+        assert refusal_reason(replace(STICK, fstype=fstype), USB, {"big": FAT_MAX_FILE + 1}) is None
 
 
-def test_partition_smaller_than_the_smallest_archive_refused_before_mount() -> None:
+def test_partition_smaller_than_the_smallest_restore_point_refused_before_mount() -> None:
     small = replace(STICK, size=500 * 1000**2)
-    reason = refusal_reason(small, USB, [GB, 2 * GB])
+    reason = refusal_reason(small, USB, {"a": GB, "b": 2 * GB}, least=GB)
     assert reason is not None and str(GB) in reason and "bigger stick" in reason
+    assert "restore point" in reason
 
 
 def test_partition_fitting_only_the_smallest_archive_is_left_to_the_plan() -> None:
     # Whether all of them fit is known only after mounting (free space, prunable copies).
-    assert refusal_reason(replace(STICK, size=int(1.5 * GB)), USB, [GB, 2 * GB]) is None
+    stick = replace(STICK, size=int(1.5 * GB))
+    assert refusal_reason(stick, USB, {"a": GB, "b": 2 * GB}, least=GB) is None
 
 
 def test_unknown_size_or_nothing_to_copy_is_not_a_reason() -> None:
-    assert refusal_reason(replace(STICK, size=0), USB, [GB]) is None
-    assert refusal_reason(replace(STICK, size=1), USB, []) is None
+    assert refusal_reason(replace(STICK, size=0), USB, {"a": GB}, least=GB) is None
+    assert refusal_reason(replace(STICK, size=1), USB, {}) is None
 
 
 def test_rules_are_reported_in_order_uuid_first() -> None:
     bad = replace(STICK, uuid="dead", bus="ata", fstype="ntfs")
-    reason = refusal_reason(bad, replace(USB, uuids=(UUID,)), [GB])
+    reason = refusal_reason(bad, replace(USB, uuids=(UUID,)), {"a": GB})
     assert reason is not None and "not enrolled" in reason
 
 

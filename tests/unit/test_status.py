@@ -536,3 +536,20 @@ def test_a_newest_full_older_than_twice_full_every_days_is_a_warning_naming_its_
     assert statuschecks.overall(list(checks.values())) == WARNING
     younger = (*archives[:-1], made(hours_ago(13 * 24)))
     assert checks_of(replace(healthy(), archives=younger))["full-archive"].state == OK
+
+
+def test_each_stick_says_the_newest_restore_point_it_restores_completely() -> None:
+    inc = "host-20261126T020000Z.inc2.20261124T020000Z.tar.zst.age"
+    point = "host-20261125T020000Z.inc1.20261124T020000Z.tar.zst.age"
+    stick = replace(
+        healthy().sticks[0],
+        newest_archive=inc,  # its level 1 is not on the stick: level 2 restores nothing
+        restore_point=point,
+        restore_point_made=datetime(2026, 11, 25, 2, 0, tzinfo=UTC),
+    )
+    message = checks_of(replace(healthy(), sticks=(stick,)))["stick SOVB (1234-abcd)"].message
+    assert f"restores completely to {point} (made 2026-11-25 02:00 UTC)" in message
+
+    bare = replace(stick, restore_point=None, restore_point_made=None)
+    message = checks_of(replace(healthy(), sticks=(bare,)))["stick SOVB (1234-abcd)"].message
+    assert "no complete restore point on it" in message
