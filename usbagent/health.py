@@ -28,8 +28,6 @@ OK, WARNING, CRITICAL, UNKNOWN = "OK", "WARNING", "CRITICAL", "UNKNOWN"
 KINDS: tuple[Kind, ...] = typing.get_args(Kind)
 # An archive dated this far in the future would look fresh forever: a clock problem.
 FUTURE_TOLERANCE = timedelta(hours=1)
-# archive.full_every_days until the key lands in config (issue 11, helper "levels")
-DEFAULT_FULL_EVERY_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -139,11 +137,6 @@ def archive_problem(f: ArchiveFile) -> str | None:
     if f.sidecar != r.sha256:
         return "fails its sidecar: it states another sha256 than the archive's run wrote"
     return None
-
-
-def full_every_days(config: Config) -> int:
-    """How often the archive job makes a full (`archive.full_every_days`)."""
-    return int(getattr(config.archive, "full_every_days", DEFAULT_FULL_EVERY_DAYS))
 
 
 def _good(archives: Iterable[ArchiveFile]) -> dict[naming.ArchiveName, ArchiveFile]:
@@ -295,7 +288,10 @@ def chain_fix(
             f"run `usbagent archive` now: it starts a new full, as the chain in force is "
             f"broken; and {copy_back}"
         )
-    return f"{copy_back}; otherwise these restore points are lost (retention removes them)"
+    return (
+        f"{copy_back}; if none does, those restore points cannot be restored: move them out "
+        f"of {destination} to clear this"
+    )
 
 
 def check_full_age(archives: tuple[ArchiveFile, ...], every_days: int, now: datetime) -> Check:

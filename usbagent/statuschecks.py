@@ -27,7 +27,6 @@ from usbagent.health import (
     check_archive,
     check_chains,
     check_full_age,
-    full_every_days,
     size,
 )
 from usbagent.statusfacts import Facts, Stick
@@ -360,7 +359,7 @@ def evaluate(facts: Facts, config: Config, now: datetime) -> list[Check]:
         ),
         check_archive_files(facts.archives, facts.destination, facts.last_ok.get("archive")),
         check_chains(facts.archives, facts.recorded, facts.destination),
-        check_full_age(facts.archives, full_every_days(config), now),
+        check_full_age(facts.archives, config.archive.full_every_days, now),
         check_next_run(facts.next_run_problem),
         check_archive_job(facts),
         check_timer(facts.units, facts.systemd_problem),

@@ -9,10 +9,15 @@ snapshot whose archive was deleted by hand.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from tests.integration import test_status_doctor as shared
+from tests.integration.archive_helpers import Setup, make_setup
+from tests.integration.test_increments import night, shift
 from tests.integration.test_status_doctor import (
     PREFIX,
     Deployment,
@@ -20,7 +25,7 @@ from tests.integration.test_status_doctor import (
     heartbeat,
     synced_stick,
 )
-from usbagent import health, journal, naming
+from usbagent import health, journal, naming, snapshots
 from usbagent.events import Outcome
 
 deployment = shared.deployment  # the fixtures, shared with the status/doctor tests
@@ -176,3 +181,69 @@ def test_the_agents_freshness_watch_does_not_count_an_increment_whose_chain_is_b
     assert stale is not None and stale.kind == "stale"
     assert stale.summary.startswith(f"newest archive {names[0]} is 2 d 3 h old")
     assert names[2] not in stale.summary
+
+
+# --- real nights: `usbagent archive` runs ------------------------------------------------
+
+
+def checks_of(s: Setup) -> dict[str, dict[str, Any]]:
+    r = s.cli("status", "--json")
+    assert r.returncode in (0, 1, 2), r.stderr
+    return {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+
+
+def doctor_problems(s: Setup, *starts: str) -> list[str]:
+    lines = s.cli("doctor").stdout.splitlines()
+    return [x for x in lines if x.startswith(tuple(f"PROBLEM  {p}" for p in starts))]
+
+
+def test_real_nights_a_member_removed_by_hand_then_the_next_night(tmp_path: Path) -> None:
+    """Three real nights (full, inc1, inc2); a person removes inc1. Status and doctor name
+    it and the point it breaks, doctor the snapshot it left; the next real night is a full,
+    after which only the older chain's point is lost, and moving it out clears the alarm."""
+    s = make_setup(tmp_path)
+    night(s)
+    shift(s, -timedelta(days=2))
+    (s.source / "docs" / "c.txt").write_text("gamma\n")
+    night(s)
+    shift(s, -timedelta(days=1))
+    (s.source / "docs" / "d.txt").write_text("delta\n")
+    inc2, _ = night(s)
+    full_name, inc1_name, inc2_name = (p.name for p in s.archives())
+    assert inc2.level == 2 and inc2.filename == inc2_name
+    checks = checks_of(s)
+    assert (checks["archive"]["state"], checks["archive"]["newest"]) == ("OK", inc2_name)
+    assert checks["archive-chains"]["state"] == "OK"
+    assert doctor_problems(s, "chain", "snapshot") == []
+
+    (s.destination / inc1_name).unlink()
+    (s.destination / (inc1_name + naming.SIDECAR)).unlink()
+    checks = checks_of(s)
+    chains = checks["archive-chains"]
+    assert chains["state"] == "CRITICAL"
+    assert chains["message"].startswith(
+        f"chain member {inc1_name} is gone (a successful run recorded it): 1 restore point(s) "
+        f"cannot be restored ({inc2_name}); run `usbagent archive` now: it starts a new full"
+    ), chains["message"]
+    assert checks["archive"]["state"] == "CRITICAL"  # the newest point that restores: 3 d old
+    assert checks["archive"]["newest"] == full_name
+    problems = doctor_problems(s, "chain", "snapshot")
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"PROBLEM  chain {full_name}: {inc1_name} is gone")
+    assert problems[1].startswith(
+        f"PROBLEM  snapshot: {snapshots.path(s.state_dir, inc1_name)} belongs to no archive"
+    )
+
+    _, outcome = night(s)
+    details: Any = outcome["details"]
+    assert details["level"] == 0, outcome  # the chain in force was broken: a new full
+    checks = checks_of(s)
+    assert (checks["archive"]["state"], checks["archive"]["newest"]) == ("OK", details["archive"])
+    chains = checks["archive-chains"]
+    assert chains["state"] == "CRITICAL" and "it starts a new full" not in chains["message"]
+    assert f"move them out of {s.destination} to clear this" in chains["message"]
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in (inc2_name, inc2_name + naming.SIDECAR):
+        (s.destination / name).rename(aside / name)
+    assert checks_of(s)["archive-chains"]["state"] == "OK"

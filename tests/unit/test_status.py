@@ -519,7 +519,7 @@ def test_an_older_chain_broken_is_mended_from_a_stick_not_by_a_new_full() -> Non
     assert chain.state == CRITICAL and old[1].name in chain.message
     assert "it starts a new full" not in chain.message
     assert f"copy {old[1].name} and its sidecar back into /data/backups" in chain.message
-    assert "otherwise these restore points are lost" in chain.message
+    assert "if none does, those restore points cannot be restored: move them out" in chain.message
     assert checks["archive"].state == OK and current[0].name in checks["archive"].message
 
 
