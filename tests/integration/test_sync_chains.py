@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.archive_helpers import make_setup
 from tests.integration.sync_helpers import (
     MIB,
     archive_name,
@@ -265,3 +266,47 @@ def test_fat32_is_judged_on_every_member_of_the_chain_before_mount(
         assert f"{full} ({big} bytes" in reason
     else:
         assert reason is None
+
+
+def test_a_chain_real_archive_runs_made_is_copied_whole_and_restores_from_the_stick(
+    make_stick: MakeStick, unique_label: str, tmp_path: Path
+) -> None:
+    """Three real `usbagent archive` nights (a full, then levels 1 and 2), `usbagent sync`
+    with keep = 1, then `usbagent restore` of the newest copy on the stick: the stick alone
+    brings back the source as it was that night, deletions and renames included."""
+    s = make_setup(tmp_path)
+    with s.config.open("a") as f:
+        f.write(f'[usb]\nlabels = ["{unique_label}"]\nrequire_usb = false\nkeep = 1\n')
+    for change in range(3):
+        if change == 1:
+            (s.source / "docs" / "b.txt").unlink()
+            (s.source / "docs" / "c.txt").write_text("gamma\n")
+        elif change == 2:
+            (s.source / "docs").rename(s.source / "papers")
+        night = s.cli("archive")
+        assert night.returncode == 0, night.stderr
+    made_here = [p.name for p in s.archives()]
+    parsed = [naming.parse(n) for n in made_here]
+    assert [a.level for a in parsed if a] == [0, 1, 2]
+    expected = tree_of(s.source)
+    mount = make_stick(PartSpec("ext4", label=unique_label)).mount()
+
+    r = s.cli("sync", str(mount))
+
+    assert r.returncode == 0, r.stderr
+    assert stick_files(mount) == with_sidecars(made_here)
+    target = tmp_path / "restored"
+    newest = mount / "usbagent" / made_here[-1]
+    back = s.cli("restore", str(newest), "--identity", str(s.identity), "--to", str(target))
+    assert back.returncode == 0, back.stderr
+    assert tree_of(target / str(s.source).lstrip("/")) == expected
+    assert not (target / str(s.source).lstrip("/") / "docs").exists()
+
+
+def tree_of(root: Path) -> dict[str, str]:
+    """Each path under `root`: a folder, or a file's content."""
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else p.read_text()
+        for p in sorted(root.rglob("*"))
+        if not p.name.endswith(".tmp")
+    }
