@@ -121,7 +121,6 @@ JOURNAL_READERS: dict[str, frozenset[str]] = {
     "metrics": frozenset({"render", "MetricFacts", "KINDS"}),
 }  # fmt: skip
 # Not split yet (issue 10): the size each had when the limit came; none may grow.
-OVERSIZE: dict[str, int] = {}
 STATE_WRITERS = frozenset({"write_atomic", "write_json", "atomic_writer"})
 
 
@@ -365,10 +364,7 @@ def test_outcome_details_are_read_only_through_their_typed_views() -> None:
     assert list(detail_reads(probe)) == [1, 2]
 
 
-def test_no_module_over_the_line_limit_and_none_of_the_old_giants_grows() -> None:
-    """OVERSIZE lists the modules still waiting to be split, at their size then; each may
-    only shrink, and leaves the list once it is under the limit."""
+def test_no_module_is_over_the_line_limit() -> None:
+    """A module over MAX_LINES holds more than one concern: split it along them."""
     sizes = {m: len((PACKAGE / f"{m}.py").read_text().splitlines()) for m in modules()}
-    over = {m: n for m, n in sizes.items() if n > MAX_LINES}
-    assert {m: n for m, n in over.items() if n > OVERSIZE.get(m, MAX_LINES)} == {}
-    assert sorted(OVERSIZE) == sorted(over), "a split module: drop it from OVERSIZE"
+    assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
