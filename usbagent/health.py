@@ -16,6 +16,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,12 @@ class ArchiveFile:
     record: state.ArchiveRecord | None = None  # what its run recorded; None: no run did
     sidecar: str | None = None  # the sha256 its sidecar states, None when it states none
     sidecar_problem: str = "the sidecar is missing"  # why it states none
+
+    @cached_property
+    def parsed(self) -> naming.ArchiveName | None:
+        """Its name parsed, once: status judges each file in several checks every minute,
+        and parsing a stamp costs more than the judgements."""
+        return naming.parse(self.name)
 
 
 @dataclass(frozen=True)
@@ -141,18 +148,14 @@ def archive_problem(f: ArchiveFile) -> str | None:
 
 def _good(archives: Iterable[ArchiveFile]) -> dict[naming.ArchiveName, ArchiveFile]:
     """The files that are the archives their runs recorded, by parsed name."""
-    return {
-        parsed: a
-        for a in archives
-        if archive_problem(a) is None and (parsed := naming.parse(a.name)) is not None
-    }
+    return {a.parsed: a for a in archives if archive_problem(a) is None and a.parsed is not None}
 
 
 def _damaged(archives: Iterable[ArchiveFile]) -> dict[naming.ArchiveName, str]:
     return {
-        parsed: problem
+        a.parsed: problem
         for a in archives
-        if (problem := archive_problem(a)) is not None and (parsed := naming.parse(a.name))
+        if (problem := archive_problem(a)) is not None and a.parsed is not None
     }
 
 
@@ -164,7 +167,7 @@ def newest_restorable(archives: tuple[ArchiveFile, ...]) -> ArchiveFile | None:
 
 
 def _described(f: ArchiveFile) -> str:
-    parsed = naming.parse(f.name)
+    parsed = f.parsed
     if parsed is None or parsed.is_full:
         return f.name
     full = naming.make(parsed.prefix, parsed.full).filename
@@ -237,8 +240,9 @@ def broken_members(
     archives: tuple[ArchiveFile, ...], recorded: Iterable[str]
 ) -> list[chainhealth.BrokenMember]:
     """The chain members that leave restore points in the destination unrestorable;
-    `recorded`: the names of every archive a successful run recorded."""
-    names = (naming.parse(r) for r in recorded)
+    `recorded`: the names of every archive a successful run recorded (only those not in the
+    destination can be a gone member: the present ones are good or damaged)."""
+    names = (naming.parse(r) for r in set(recorded) - {a.name for a in archives})
     return chainhealth.broken_members(
         _good(archives), _damaged(archives), [n for n in names if n is not None]
     )
