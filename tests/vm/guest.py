@@ -178,9 +178,10 @@ class Guest:
             "-u usbagent.service -u usbagent-archive.service"
         )
         try:
-            return self.vm.sh(cmd, timeout=30).out
+            r = self.vm.sh(cmd, timeout=180)
         except (VmError, OSError) as e:
             return f"(no journal: {e})"
+        return r.out if r.rc == 0 else f"(journalctl exit {r.rc}: {r.err})\n{r.out}"
 
     # --- alice's desktop ----------------------------------------------------------------
 
