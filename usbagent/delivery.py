@@ -20,8 +20,11 @@ from usbagent.outbox import Note
 
 log = logging.getLogger(__name__)
 
-# The helper may wait this long for a notification server, plus its own start-up.
-HELPER_SLACK_SECONDS = 15
+# The helper may wait this long for a notification server, plus its own start-up. Its
+# Python start-up alone took over 20 s on a loaded machine (the vm tier under TCG); a helper
+# killed then leaves a logged-in user's note for the next login, and is shown twice if it
+# had already called Notify. Waiting costs nothing: the event loop stays free meanwhile.
+HELPER_SLACK_SECONDS = 90
 
 
 async def deliver_as(uid: int, note: Note, wait: float) -> bool:

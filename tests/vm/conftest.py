@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.vm import driver, image
+from tests.vm import driver, image, rundirs
 from tests.vm.guest import Guest, build_payload
 
 WORK_ROOT = Path(os.environ.get("USBAGENT_VM_WORK", "/var/tmp"))
@@ -30,6 +29,18 @@ def _require() -> None:
     pytest.skip(problem)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing case's report carries the guest's journal: the why is usually in there."""
+    report = yield
+    guest = getattr(item, "funcargs", {}).get("machine")
+    if report.failed and report.when == "call" and isinstance(guest, Guest):
+        report.sections.append(("guest journal (usbagent units)", guest.diagnosis()))
+    return report
+
+
 @pytest.fixture(scope="session")
 def vm_image() -> image.Image:
     _require()
@@ -38,9 +49,13 @@ def vm_image() -> image.Image:
 
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="usbagent-vm-", dir=WORK_ROOT))
+    """This run's folder; folders of earlier runs that were killed are removed first."""
+    rundirs.remove_abandoned(WORK_ROOT)
+    path = rundirs.make(WORK_ROOT)
     yield path
-    if os.environ.get("USBAGENT_VM_KEEP") != "1":
+    if os.environ.get("USBAGENT_VM_KEEP") == "1":
+        rundirs.disown(path)  # kept on purpose: the next run must not remove it
+    else:
         shutil.rmtree(path, ignore_errors=True)
 
 

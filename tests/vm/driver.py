@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import itertools
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import time
@@ -31,13 +33,39 @@ from typing import Any
 
 from tests.vm.image import Image
 
-BOOT_TIMEOUT = 180.0
+BOOT_TIMEOUT = 600.0  # TCG on a busy 2-core host: a boot has taken 3+ min
 MEMORY_MB = 1536
 # kvm: `-cpu max` shows SVM to the guest, whose kvm modules then load for nothing (seconds).
 APPEND = (
     "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=0 "
     "modprobe.blacklist=kvm,kvm_amd,kvm_intel,powernow_k8 "
 )
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the kernel SIGKILLs the child when `parent` (the starter) dies.
+
+    A pytest killed (timeout, ^C twice, OOM) must not leave a QEMU burning CPU behind it.
+    """
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent:  # it died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arm
+
+
+def spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    """Start QEMU so that it dies with this process (see `die_with`)."""
+    return subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with(os.getpid())
+    )
 
 
 class VmError(Exception):
@@ -125,6 +153,10 @@ class Vm:
         )  # fmt: skip
 
     @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
     def console_log(self) -> Path:
         return self.workdir / f"console-{self.boots}.log"
 
@@ -152,7 +184,7 @@ class Vm:
             "-no-reboot",
             *(extra or []),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = spawn(cmd)
         wait_for(lambda: qmp_path.exists() and agent_path.exists(), 30, "QEMU's sockets")
         self.qmp = Qmp(qmp_path)
         self._agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

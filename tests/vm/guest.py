@@ -9,13 +9,14 @@ then `usbagent install` (units and udev rule as shipped, enabled and started).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.vm.driver import Result, Vm
+from tests.vm.driver import Result, Vm, VmError
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = "/opt/usbagent"
@@ -29,6 +30,7 @@ PREFIX = "vm"
 USER = "alice"
 USER_UID = 1000
 NOTIFY_LOG = f"/home/{USER}/notifications.log"
+AGENT = "usbagent.service"
 
 CONFIG_TEXT = f"""\
 [archive]
@@ -84,10 +86,11 @@ class Guest:
 
     def install(self) -> None:
         self.ok("mountpoint -q /mnt/payload || mount -o ro /dev/vdb /mnt/payload")
-        self.ok(f"python3 -m venv {VENV}", timeout=300)
+        # Generous deadlines: on a busy host TCG runs this venv step in minutes, not seconds.
+        self.ok(f"python3 -m venv {VENV}", timeout=900)
         self.ok(
             f"{VENV}/bin/pip install -q --no-index --find-links /mnt/payload/wheels usbagent",
-            timeout=600,
+            timeout=1200,
         )
         self.ok("mkdir -p /data/docs /data/photos " + DESTINATION)
         for i in range(20):
@@ -96,7 +99,7 @@ class Guest:
         self.ok(f"age-keygen -o {IDENTITY} 2>/dev/null && chmod 600 {IDENTITY}")
         self.ok(f"mkdir -p /etc/usbagent && age-keygen -y {IDENTITY} > {RECIPIENTS}")
         self.vm.write(CONFIG, CONFIG_TEXT)
-        self.usbagent("install", timeout=300).check("usbagent install")
+        self.usbagent("install", timeout=600).check("usbagent install")
 
     # --- what the cases look at ---------------------------------------------------------
 
@@ -138,13 +141,47 @@ class Guest:
         return self.ok(f"journalctl -q -o cat -u {shlex.quote(unit)}{extra} --no-pager")
 
     def cursor(self) -> str:
-        """A journal position to look from later (`journal_after`)."""
-        out = self.ok("journalctl -n 0 --show-cursor -q --no-pager")
-        return out.strip().rsplit("cursor: ", 1)[-1]
+        """The agent's journal position now, to look from later (`agent_log_after`).
 
-    def journal_after(self, cursor: str, unit: str = "") -> str:
-        u = f" -u {shlex.quote(unit)}" if unit else ""
-        return self.ok(f"journalctl -q -o cat --after-cursor {shlex.quote(cursor)}{u} --no-pager")
+        It is the cursor of the agent's own last entry: systemd 252's `--after-cursor`
+        with a `-u` match skips the first matching entry after a cursor that does not match
+        (it steps twice from the seek position), so a cursor taken over the whole journal
+        silently hides the first line the agent logs after it.
+        """
+        out = self.ok(f"journalctl -u {AGENT} -n 0 --show-cursor -q --no-pager")
+        cursor = out.strip().rsplit("cursor: ", 1)[-1]
+        if not cursor.startswith("s="):
+            raise VmError(f"no journal cursor for {AGENT}: {out!r}")
+        return cursor
+
+    def _after(self, cursor: str) -> str:
+        return f"journalctl -q -o cat -u {AGENT} --after-cursor {shlex.quote(cursor)} --no-pager"
+
+    def agent_log_after(self, cursor: str) -> str:
+        """What the agent logged after `cursor`."""
+        return self.ok(self._after(cursor))
+
+    def wait_logged(self, cursor: str, text: str, timeout: float, what: str) -> None:
+        """Wait until the agent logged a line holding `text` (a fixed string) after `cursor`."""
+        self.vm.wait_guest(f"{self._after(cursor)} | grep -qF {shlex.quote(text)}", timeout, what)
+
+    def diagnosis(self, lines: int = 80) -> str:
+        """The agent's and the nightly job's recent journal, for a failing case's report.
+
+        Never raises: it is asked after something already went wrong, possibly with the
+        machine powered off or its command channel stuck.
+        """
+        if not self.vm.running:
+            return f"(guest not running; console log {self.vm.console_log})"
+        cmd = (
+            f"journalctl -q -o short-monotonic -n {lines} --no-pager "
+            "-u usbagent.service -u usbagent-archive.service"
+        )
+        try:
+            r = self.vm.sh(cmd, timeout=180)
+        except (VmError, OSError) as e:
+            return f"(no journal: {e})"
+        return r.out if r.rc == 0 else f"(journalctl exit {r.rc}: {r.err})\n{r.out}"
 
     # --- alice's desktop ----------------------------------------------------------------
 
@@ -155,7 +192,7 @@ class Guest:
             f"[ -S /run/user/{USER_UID}/bus ] && "
             f"busctl --machine={USER}@.host --user status org.freedesktop.Notifications "
             ">/dev/null 2>&1",
-            90,
+            300,
             "alice's session bus with dunst on it",
         )
 
@@ -176,7 +213,28 @@ class Guest:
         """What dbus-monitor recorded of Notify calls on alice's session bus."""
         return self.sh(f"cat {NOTIFY_LOG}").out
 
+    def notes(self) -> list[tuple[str, str]]:
+        """(summary, body) of each Notify call recorded, oldest first."""
+        return parse_notify_log(self.notifications())
+
     def wait_notified(self, text: str, timeout: float = 60) -> None:
         self.vm.wait_guest(
             f"grep -qF {shlex.quote(text)} {NOTIFY_LOG}", timeout, f"a notification with {text!r}"
         )
+
+
+def parse_notify_log(text: str) -> list[tuple[str, str]]:
+    """(summary, body) of each Notify call in dbus-monitor's output.
+
+    A call is a `method call ... member=Notify` line, then its arguments one per line at an
+    indent of three spaces (a string's text may run over several lines): app name, replaces
+    id, icon, summary, body, actions, hints, timeout.
+    """
+    calls = []
+    for block in text.split("method call ")[1:]:
+        args = re.split(r"\n {3}(?=\S)", block.split("\n", 1)[-1].rstrip("\n"))
+        args[0] = args[0].lstrip(" ")
+        strings = [a[len('string "') : -1] for a in args if a.startswith('string "')]
+        if len(strings) >= 4:  # app name, icon, summary, body
+            calls.append((strings[2], strings[3]))
+    return calls

@@ -42,6 +42,32 @@ def sha256_in_guest(guest: Guest, path: str) -> str:
     return guest.ok(f"sha256sum {path}").split()[0]
 
 
+@pytest.fixture
+def archive(machine: Guest) -> str:
+    """The newest archive in the guest; the nightly job makes one first if there is none.
+
+    A case that copies an archive asks for this instead of relying on an earlier case's run.
+    """
+    if not machine.archives():
+        machine.ok("systemctl start usbagent-archive.service", timeout=600)
+    return machine.archives()[-1]
+
+
+@pytest.fixture(scope="module")
+def big_archive(machine: Guest) -> str:
+    """An archive of a few hundred MB, made the way a user gets one: a nightly run over a
+    source holding a big incompressible file (only archives a recorded run made are copied)."""
+    machine.ok("head -c 200M /dev/urandom > /data/big.bin")
+    try:
+        machine.ok("systemctl start usbagent-archive.service", timeout=900)
+    finally:
+        machine.ok("rm -f /data/big.bin")
+    newest = machine.archives()[-1]
+    size = int(machine.ok(f"stat -c %s {DESTINATION}/{newest}"))
+    assert size > 200 * 10**6, (newest, size)
+    return newest
+
+
 def test_1_install_leaves_a_running_agent_an_enabled_timer_and_a_clean_doctor(
     machine: Guest, record_property: pytest.RecordProperty
 ) -> None:
@@ -88,36 +114,43 @@ def ext4_stick(machine: Guest, tmp_path_factory: pytest.TempPathFactory) -> stic
 
 
 def test_3_ext4_usb_stick_is_copied_verified_powered_off_and_alice_is_told(
-    machine: Guest, ext4_stick: sticks.StickImage
+    machine: Guest, ext4_stick: sticks.StickImage, archive: str
 ) -> None:
     machine.login()
-    newest = machine.archives()[-1]
+    machine.clear_notifications()
+    newest = archive
     cursor = machine.cursor()
     machine.vm.plug_usb("stick-ext4", ext4_stick.path, serial="UAEXT4")
-    machine.wait_notified("safe to remove", timeout=180)
-    # Drive.PowerOff: the stick left the guest's USB bus and nothing is mounted from it.
-    machine.vm.wait_guest("! lsblk -dno SERIAL | grep -qx UAEXT4", 30, "the stick to leave")
-    assert "sovereign-backup" not in machine.ok("findmnt -rn -o TARGET,SOURCE")
-    log = machine.journal_after(cursor, "usbagent.service")
-    assert "not delivered" not in log and "kept for later" not in log, log
-    sync = json.loads(machine.ok(f"cat {STATE}/last/sync.json"))
-    assert sync["ok"], sync
-    want = sha256_in_guest(machine, f"{DESTINATION}/{newest}")
-    machine.vm.unplug("stick-ext4")
+    try:
+        machine.wait_notified("safe to remove", timeout=300)
+        # Drive.PowerOff: the stick left the guest's USB bus and nothing is mounted from it.
+        machine.vm.wait_guest("! lsblk -dno SERIAL | grep -qx UAEXT4", 60, "the stick to leave")
+        assert "sovereign-backup" not in machine.ok("findmnt -rn -o TARGET,SOURCE")
+        log = machine.agent_log_after(cursor)
+        assert "not delivered" not in log and "kept for later" not in log, log
+        # What is kept (last/sync.json, which `status` reads) is exactly what alice was told.
+        sync = json.loads(machine.ok(f"cat {STATE}/last/sync.json"))
+        assert sync["ok"] and sync["details"]["removal"] == "powered-off", sync
+        told = [body for summary, body in machine.notes() if summary.startswith("Backup copied")]
+        assert told == [sync["summary"]], (told, sync)
+        assert sync["summary"].endswith("unmounted and powered off, safe to remove"), sync
+        want = sha256_in_guest(machine, f"{DESTINATION}/{newest}")
+    finally:
+        machine.vm.unplug("stick-ext4")  # the next case plugs it again
     on_stick = sticks.files(ext4_stick)
     assert hashlib.sha256(on_stick[newest]).hexdigest() == want
     assert on_stick[newest + ".sha256"].decode().split()[0] == want
 
 
 def test_3_a_notification_missed_while_logged_out_is_shown_at_login(
-    machine: Guest, ext4_stick: sticks.StickImage
+    machine: Guest, ext4_stick: sticks.StickImage, archive: str
 ) -> None:
     machine.logout()
     cursor = machine.cursor()
     machine.vm.plug_usb("stick-ext4", ext4_stick.path, serial="UAEXT4")
-    machine.vm.wait_guest(
-        f"journalctl -q -o cat -u usbagent.service --after-cursor '{cursor}' "
-        "| grep -q 'kept for later.*safe to remove'",
+    machine.wait_logged(
+        cursor,
+        "kept for later (no graphical session): Backup copied: stick safe to remove",
         180,
         "the 'safe to remove' note to be kept (nobody logged in)",
     )
@@ -222,10 +255,10 @@ def fat_sticks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, sticks.Sti
 
 @pytest.mark.parametrize("fs", ["vfat", "exfat"])
 def test_4_fat32_and_exfat_sticks_are_mounted_for_real_copied_and_verified(
-    machine: Guest, fat_sticks: dict[str, sticks.StickImage], fs: str
+    machine: Guest, fat_sticks: dict[str, sticks.StickImage], fs: str, archive: str
 ) -> None:
     stick = fat_sticks[fs]
-    newest = machine.archives()[-1]
+    newest = archive
     want = sha256_in_guest(machine, f"{DESTINATION}/{newest}")
     n = len(machine.events())
     machine.vm.plug_usb(f"stick-{fs}", stick.path, serial=f"UA{fs.upper()}")
@@ -272,3 +305,40 @@ def test_4_an_archive_over_4_gib_is_refused_for_fat32_before_mount_naming_its_si
     finally:
         machine.vm.unplug("stick-vfat")
         machine.ok(f"rm -f {DESTINATION}/{name} {DESTINATION}/{name}.sha256")
+
+
+def test_6_a_stick_pulled_mid_copy_is_reported_removed_and_the_next_one_is_served(
+    machine: Guest, big_archive: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    d = tmp_path_factory.mktemp("pull")
+    first, second = (sticks.make(d / f"{n}.img", "ext4", 640, "sovereign-backup") for n in "ab")
+    machine.login()
+    agent = machine.unit("usbagent.service", "MainPID", "NRestarts")
+    machine.clear_notifications()
+    n = len(machine.events())
+    cursor = machine.cursor()
+    machine.vm.plug_usb("stick-pull", first.path, serial="UAPULL")
+    machine.wait_logged(
+        cursor, f"copying {big_archive}", 300, f"the copy of {big_archive} to start"
+    )
+    machine.vm.unplug("stick-pull")
+    failed = machine.wait_event("sync", n, timeout=180)
+    assert not failed["ok"], failed
+    assert "plugged in but not backed up" in failed["summary"], failed
+    assert "removed" in failed["summary"], failed
+    assert "read-only" not in failed["summary"] and "fsck" not in failed["summary"], failed
+    machine.wait_notified("Backup copy to stick FAILED", 180)
+    told = [body for summary, body in machine.notes() if summary == "Backup copy to stick FAILED"]
+    assert told == [failed["summary"]], (told, failed)
+    # No hang and no restart: the same agent process, still running, never restarted.
+    assert machine.unit("usbagent.service", "MainPID", "NRestarts") == agent
+    assert machine.unit("usbagent.service", "ActiveState")["ActiveState"] == "active"
+    machine.vm.wait_guest(
+        "! findmnt -rn -o SOURCE,TARGET | grep -q sovereign-backup", 60, "no mount left behind"
+    )
+    n = len(machine.events())
+    machine.vm.plug_usb("stick-next", second.path, serial="UANEXT")
+    served = machine.wait_event("sync", n, timeout=600)
+    machine.vm.unplug("stick-next")
+    assert served["ok"] and "safe to remove" in served["summary"], served
+    assert big_archive in sticks.ext4_files(second)
