@@ -53,21 +53,6 @@ def archive(machine: Guest) -> str:
     return machine.archives()[-1]
 
 
-@pytest.fixture(scope="module")
-def big_archive(machine: Guest) -> str:
-    """An archive of a few hundred MB, made the way a user gets one: a nightly run over a
-    source holding a big incompressible file (only archives a recorded run made are copied)."""
-    machine.ok("head -c 200M /dev/urandom > /data/big.bin")
-    try:
-        machine.ok("systemctl start usbagent-archive.service", timeout=900)
-    finally:
-        machine.ok("rm -f /data/big.bin")
-    newest = machine.archives()[-1]
-    size = int(machine.ok(f"stat -c %s {DESTINATION}/{newest}"))
-    assert size > 200 * 10**6, (newest, size)
-    return newest
-
-
 def test_1_install_leaves_a_running_agent_an_enabled_timer_and_a_clean_doctor(
     machine: Guest, record_property: pytest.RecordProperty
 ) -> None:
@@ -305,40 +290,3 @@ def test_4_an_archive_over_4_gib_is_refused_for_fat32_before_mount_naming_its_si
     finally:
         machine.vm.unplug("stick-vfat")
         machine.ok(f"rm -f {DESTINATION}/{name} {DESTINATION}/{name}.sha256")
-
-
-def test_6_a_stick_pulled_mid_copy_is_reported_removed_and_the_next_one_is_served(
-    machine: Guest, big_archive: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    d = tmp_path_factory.mktemp("pull")
-    first, second = (sticks.make(d / f"{n}.img", "ext4", 640, "sovereign-backup") for n in "ab")
-    machine.login()
-    agent = machine.unit("usbagent.service", "MainPID", "NRestarts")
-    machine.clear_notifications()
-    n = len(machine.events())
-    cursor = machine.cursor()
-    machine.vm.plug_usb("stick-pull", first.path, serial="UAPULL")
-    machine.wait_logged(
-        cursor, f"copying {big_archive}", 300, f"the copy of {big_archive} to start"
-    )
-    machine.vm.unplug("stick-pull")
-    failed = machine.wait_event("sync", n, timeout=180)
-    assert not failed["ok"], failed
-    assert "plugged in but not backed up" in failed["summary"], failed
-    assert "removed" in failed["summary"], failed
-    assert "read-only" not in failed["summary"] and "fsck" not in failed["summary"], failed
-    machine.wait_notified("Backup copy to stick FAILED", 180)
-    told = [body for summary, body in machine.notes() if summary == "Backup copy to stick FAILED"]
-    assert told == [failed["summary"]], (told, failed)
-    # No hang and no restart: the same agent process, still running, never restarted.
-    assert machine.unit("usbagent.service", "MainPID", "NRestarts") == agent
-    assert machine.unit("usbagent.service", "ActiveState")["ActiveState"] == "active"
-    machine.vm.wait_guest(
-        "! findmnt -rn -o SOURCE,TARGET | grep -q sovereign-backup", 60, "no mount left behind"
-    )
-    n = len(machine.events())
-    machine.vm.plug_usb("stick-next", second.path, serial="UANEXT")
-    served = machine.wait_event("sync", n, timeout=600)
-    machine.vm.unplug("stick-next")
-    assert served["ok"] and "safe to remove" in served["summary"], served
-    assert big_archive in sticks.ext4_files(second)
