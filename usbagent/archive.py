@@ -182,7 +182,9 @@ def make_archive(config: Config, ready: preflight.Ready) -> Made:
         log.error("cannot keep snapshots in %s (%s): making a full archive", state_dir, exc)
     else:
         now = datetime.now(UTC)
-        level = levels.decide(_present(config, selected), now, config.archive.full_every_days)
+        symlinked = any(s.real != s.named for s in ready.sources)
+        present = _present(config, selected)
+        level = levels.decide(present, now, config.archive.full_every_days, symlinked)
     name = _free_name(destination, config.archive_prefix, level)
     if level.why != "state-dir":
         base = level.base.filename if level.base else None

@@ -21,6 +21,10 @@ why (`Why`), so the person is told:
   that was committed with it;
 - `selection`: the sources or exclusions changed since the snapshot was made (tar would
   not dump a file it excluded before and that has not changed since);
+- `symlinked`: a source is named through a symlink. Its members are stored under the name
+  the user wrote by tar's `--transform`, but GNU tar writes an increment's folder-rename
+  records under the real path, past the transform, so no restore could apply them (the
+  renamed folder's unchanged files would be lost). Such a selection gets only fulls;
 - `state-dir` (decided by the job, not here): the state dir cannot hold a snapshot; the
   archive is still made, as a full, rather than none at all.
 """
@@ -43,6 +47,7 @@ Why = Literal[
     "snapshot-missing",
     "snapshot-unreadable",
     "selection",
+    "symlinked",
     "state-dir",
 ]
 SnapshotState = Literal["ok", "missing", "unreadable", "selection"]
@@ -85,12 +90,17 @@ def _full(why: Why) -> Level:
     return Level(0, why=why)
 
 
-def decide(present: Iterable[Present], now: datetime, full_every_days: int) -> Level:
-    """Tonight's level (see the module doc for the order of the rules)."""
+def decide(
+    present: Iterable[Present], now: datetime, full_every_days: int, symlinked: bool = False
+) -> Level:
+    """Tonight's level (see the module doc for the order of the rules). `symlinked`: a
+    source is named through a symlink."""
     # An unrecorded name dated in the future is a suspect (retention's word): not ours.
     ours = [p for p in present if p.recorded or not naming.in_future(p.name.filename, now)]
     if not ours:
         return _full("first")
+    if symlinked:
+        return _full("symlinked")
     newest = max(ours, key=lambda p: p.name)
     if now < newest.name.created:
         return _full("clock")
@@ -117,6 +127,11 @@ _WORDS: dict[Why, str] = {
     "snapshot-missing": "the newest archive's snapshot is missing from the state dir",
     "snapshot-unreadable": "the newest archive's snapshot in the state dir is damaged",
     "selection": "archive.sources or archive.exclude changed since the chain's last archive",
+    "symlinked": (
+        "a source is named through a symlink, and GNU tar's increments would record its "
+        "folder renames under the real path, which no restore can apply; name the real "
+        "path in archive.sources to get increments"
+    ),
     "state-dir": "the state dir cannot keep its snapshot, so the next night is a full too",
 }
 

@@ -410,3 +410,36 @@ def test_a_new_archive_is_dated_after_every_archive_already_there(tmp_path: Path
     (tmp_path / there.filename).write_bytes(b"")
     name = archive._free_name(tmp_path, PREFIX, Level(0, why="due"))  # a full, now
     assert name.created > there.created
+
+
+def test_a_source_named_through_a_symlink_restores_after_a_folder_rename(tmp_path: Path) -> None:
+    """GNU tar writes an increment's rename records under the real path, past the
+    `--transform` that stores a symlinked source under its name: no restore could apply
+    them. Such a source gets a full every night, and the summary says why and the fix."""
+    s = make_setup(tmp_path)
+    link = tmp_path / "named"
+    link.symlink_to(s.source)
+    write_config(
+        s.config,
+        {
+            "archive": {
+                "sources": [str(link)],
+                "destination": str(s.destination),
+                "recipients_file": str(s.recipients),
+                "prefix": PREFIX,
+            },
+            "agent": {"state_dir": str(s.state_dir)},
+            "notify": {"enabled": False},
+        },
+    )
+    night(s)
+    (s.source / "docs").rename(s.source / "papers")
+    made, last = night(s)
+    assert made.level == 0
+    assert "named through a symlink" in str(last["summary"])
+    assert "archive.sources" in str(last["summary"])
+    target = tmp_path / "r"
+    archive_file = str(s.destination / made.filename)
+    proc = s.cli("restore", archive_file, "--identity", str(s.identity), "--to", str(target))
+    assert proc.returncode == 0, proc.stderr
+    assert tree(target / str(link).lstrip("/")) == tree(s.source)

@@ -117,3 +117,9 @@ def test_the_words_say_full_or_increment_and_why() -> None:
     )
     assert levels.describe(Level(0, why="due")).startswith("full (archive.full_every_days")
     assert levels.describe(Level(0, why="first")) == "full (no earlier archive to build on)"
+
+
+def test_a_source_named_through_a_symlink_gets_only_fulls() -> None:
+    assert levels.decide(week(3), at(3), 7, symlinked=True) == Level(0, why="symlinked")
+    assert levels.decide([], at(0), 7, symlinked=True) == Level(0, why="first")
+    assert "name the real path in archive.sources" in levels.describe(Level(0, why="symlinked"))
