@@ -98,6 +98,8 @@ def plan(
     newest restore point that is whole (its chain complete, every member with its sidecar),
     each with every archive it needs, however old. Deleted: the other real archives.
 
+    Newest first: a run killed while it prunes a chain leaves the start of that chain, which
+    still restores, never increments without their full (a broken chain to `status`).
     Archive first: a crash between the two unlinks leaves an orphan sidecar (removed next
     time), never an archive without its checksum.
     """
@@ -115,7 +117,8 @@ def plan(
     cutoff = now - timedelta(days=keep_days)
     keep = chains.needed(_kept_points(real, present, cutoff))
     doomed = sorted(
-        [a for a in real if a.filename not in keep] + [o for o in orphans if o.created < cutoff]
+        [a for a in real if a.filename not in keep] + [o for o in orphans if o.created < cutoff],
+        reverse=True,
     )
     out: list[str] = []
     for archive in doomed:

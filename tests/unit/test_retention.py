@@ -29,14 +29,14 @@ def test_keeps_everything_younger_than_keep_days() -> None:
     assert retention.plan(files, P, NOW, keep_days=14) == []
 
 
-def test_deletes_old_archives_with_their_sidecars_archive_first() -> None:
+def test_deletes_old_archives_with_their_sidecars_newest_first_archive_first() -> None:
     old, older, fresh = name(20), name(30), name(1)
     files = with_sidecars(fresh, old, older)
     assert retention.plan(files, P, NOW, keep_days=14) == [
-        older.filename,
-        older.sidecar,
         old.filename,
         old.sidecar,
+        older.filename,
+        older.sidecar,
     ]
 
 
@@ -164,7 +164,8 @@ def test_a_chain_goes_whole_once_no_kept_point_needs_it() -> None:
     old = [name(30), inc(29, 1, 30), inc(28, 2, 30)]
     new = [name(13), inc(12, 1, 13)]
     files = with_sidecars(*old, *new)
-    assert retention.plan(files, P, NOW, keep_days=14) == with_sidecars(*old)
+    # highest level first: a run killed midway leaves a start of the chain that restores
+    assert retention.plan(files, P, NOW, keep_days=14) == with_sidecars(*reversed(old))
 
 
 def test_keep_days_counts_restore_points_not_archives() -> None:
@@ -187,7 +188,7 @@ def test_the_newest_whole_restore_point_is_kept_with_its_chain_when_all_are_old(
     doomed = retention.plan(files, P, NOW, keep_days=14)
     # the newest archive (broken inc2) and what of its chain is there stay; so does the
     # newest whole point: the full of day 30; the chain of day 40 is no longer needed
-    assert doomed == [*with_sidecars(older, *chain)]
+    assert doomed == with_sidecars(*reversed(chain), older)
 
 
 def test_an_unrecorded_increment_is_a_suspect_and_protects_no_chain() -> None:
