@@ -222,7 +222,9 @@ class Bench:
                 p.unlink()
 
     def a(self, data: Path, tree: Path | None = None) -> Result:
+        """A full: a new state dir has no snapshot (with one, A would make an increment)."""
         warm(data)
+        shutil.rmtree(self.work / "state", ignore_errors=True)
         result = run_a(write_config(self.work, data, self.recipients), self.work / "A", tree)
         self.clean()
         return result
