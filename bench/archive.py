@@ -279,7 +279,7 @@ def where_the_time_goes(runs: dict[str, list[Result]]) -> None:
             f"{name} (median run, {r.seconds:.2f} s wall): CPU {r.cpu_tree:.2f} s = main thread "
             f"{r.cpu_main:.2f} s (busy {r.cpu_main / r.seconds:.0%} of the wall time: reads "
             f"tar, counts members, pyrage, writes) + zstd threads {r.cpu_threads:.2f} s "
-            f"+ children {children:.2f} s (tar; sha256 child)"
+            f"+ children {children:.2f} s (tar)"
         )
     for name in ("B", "Bs"):
         r = sorted(runs[name], key=lambda r: r.seconds)[len(runs[name]) // 2]

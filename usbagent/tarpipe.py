@@ -5,9 +5,8 @@ Pipeline (measured in bench/archive.py):
     GNU tar (subprocess) -> pipe -> zstandard (worker threads) -> pyrage (age) -> sha256 + file
 
 GNU tar reads the files because Python's tarfile is ~3x slower on many small files; zstd
-compresses in its own threads; pyrage encrypts in this thread; a child process hashes the
-ciphertext as it is written (usbagent.hasher: pyrage holds this process's GIL), so the
-`.sha256` sidecar costs no second read and no time on the encrypting core.
+compresses in its own threads; pyrage encrypts in this thread and the ciphertext is hashed
+as it is written, so the `.sha256` sidecar costs no second read.
 
 What was stored is counted per source from tar's stream as it passes (usbagent.tarstream);
 a source that has content but yielded nothing fails the run before the archive gets its
@@ -27,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import logging
 import os
@@ -36,13 +36,14 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, BinaryIO, cast
 
 import pyrage
 import zstandard
 
-from usbagent import hasher, naming, selection
+from usbagent import naming, selection
 from usbagent.errors import UsbagentError
+from usbagent.fsutil import atomic_writer
 from usbagent.recipients import Recipient
 from usbagent.tarstream import SourceCount, Tally, yielded_nothing
 
@@ -106,6 +107,26 @@ class _CompressedTar(io.RawIOBase):
 
     def reader(self) -> io.BufferedReader:
         return io.BufferedReader(self, buffer_size=1024 * 1024)
+
+
+class _HashingWriter:
+    """File-like writer for pyrage: writes the ciphertext and hashes it on the way."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.error: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._f.write(data)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
 
 
 def _tar_messages(errors: IO[bytes]) -> list[str]:
@@ -232,11 +253,9 @@ def write_archive(job: Job, final: Path) -> Written:
     log.debug("running %s", " ".join(job.cmd))
     with tempfile.TemporaryFile() as errors:
         try:
-            with (
-                hasher.hashing_writer(final, ARCHIVE_MODE) as writer,
-                _tar(job.cmd, errors) as (proc, out),
-            ):
+            with atomic_writer(final, ARCHIVE_MODE) as f, _tar(job.cmd, errors) as (proc, out):
                 reader = _CompressedTar(out, job.compression_level, tally)
+                writer = _HashingWriter(f)
                 try:
                     pyrage.encrypt_io(reader.reader(), writer, list(job.recipients))
                 except pyrage.EncryptError as exc:

@@ -49,7 +49,6 @@ LAYERS: dict[str, frozenset[str]] = {
             "dbuscall",
             "logind",
             "folderwalk",
-            "hasher",
         }
     ),
     "sources": frozenset(
