@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
 import pwd
 import stat
@@ -212,3 +213,9 @@ def flocked(lock_file: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 hex digest of a file as it is now (read once, in hashlib's C loop)."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

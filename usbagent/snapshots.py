@@ -16,7 +16,6 @@ and the selection tells one made with other sources or exclusions (a full then).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,14 +23,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from usbagent.errors import UsbagentError
-from usbagent.fsutil import fsync_dir, write_atomic
+from usbagent.fsutil import fsync_dir, sha256_of, write_atomic
 from usbagent.levels import SnapshotState
 from usbagent.naming import PARTIAL
 
 FOLDER = "snapshots"
 SUFFIX = ".snar"
 META = ".json"
-_CHUNK = 1024 * 1024
 
 
 def folder(state_dir: Path) -> Path:
@@ -51,14 +49,6 @@ def _partial(snapshot: Path) -> Path:
     return snapshot.with_name(snapshot.name + PARTIAL)
 
 
-def _digest(file: Path) -> str:
-    h = hashlib.sha256()
-    with file.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def state(state_dir: Path, archive: str, selection: str) -> SnapshotState:
     """Whether the archive's snapshot can be built on tonight, with this `selection`."""
     snapshot = path(state_dir, archive)
@@ -69,7 +59,7 @@ def state(state_dir: Path, archive: str, selection: str) -> SnapshotState:
         intact = (
             isinstance(meta, dict)
             and meta.get("archive") == archive
-            and meta.get("sha256") == _digest(snapshot)
+            and meta.get("sha256") == sha256_of(snapshot)
         )
     except (OSError, ValueError):
         return "unreadable"
@@ -118,7 +108,7 @@ def commit(state_dir: Path, archive: str, selection: str) -> None:
     partial = _partial(snapshot)
     with partial.open("rb+") as f:
         os.fsync(f.fileno())
-    meta = {"archive": archive, "sha256": _digest(partial), "selection": selection}
+    meta = {"archive": archive, "sha256": sha256_of(partial), "selection": selection}
     write_atomic(_meta(snapshot), (json.dumps(meta, sort_keys=True) + "\n").encode())
     partial.rename(snapshot)
     fsync_dir(snapshot.parent)

@@ -16,7 +16,6 @@ restored?" and not only "is this one file intact?".
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from usbagent import chainfind, credentials, dumpdir, naming
 from usbagent.config import Config
 from usbagent.decrypt import members, open_tar
 from usbagent.errors import UsbagentError
+from usbagent.fsutil import sha256_of
 from usbagent.recipients import Identity, load_identities
 from usbagent.tarsafety import DUMPDIR, classify
 from usbagent.units import human_bytes
@@ -38,11 +38,6 @@ class Checked:
     path: Path
     problem: str | None  # None: intact
     detail: str = ""
-
-
-def sha256_of(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def expand(paths: list[str]) -> tuple[list[Path], list[Checked]]:
