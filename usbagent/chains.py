@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from usbagent import naming
 from usbagent.naming import STAMP_FORMAT, SUFFIX, ArchiveName
 
 
@@ -76,6 +77,12 @@ def restore_points(archives: Iterable[ArchiveName]) -> list[RestorePoint]:
     present = sorted(set(archives))
     chains = _by_chain(present)
     return [_point(a, chains[a.chain]) for a in present]
+
+
+def points_of(filenames: Iterable[str], prefix: str | None = None) -> list[RestorePoint]:
+    """`restore_points` of the archives (of `prefix`, when given) among file names; other
+    names are not archives and are left out."""
+    return restore_points(a for a in (naming.parse(n, prefix) for n in filenames) if a)
 
 
 def restore_point(archive: ArchiveName, present: Iterable[ArchiveName]) -> RestorePoint:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from usbagent import chains, naming
+from usbagent import chains
 from usbagent.chains import RestorePoint
 from usbagent.plan import StickFile
 from usbagent.state import read_json, write_json
@@ -42,8 +42,7 @@ class StickRecord:
     @property
     def points(self) -> list[RestorePoint]:
         """Every copy on the stick as a restore point, judged over what the stick holds."""
-        parsed = [a for a in (naming.parse(n) for n in self.archives) if a is not None]
-        return chains.restore_points(parsed)
+        return chains.points_of(self.archives)
 
     @property
     def restore_point(self) -> RestorePoint | None:

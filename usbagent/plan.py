@@ -248,8 +248,7 @@ def retained(available: Collection[str], keep: int, prefix: str) -> Retained:
     kept: an increment still holds the files changed that night) until `keep` complete
     points newer than it exist; then it goes like any old copy.
     """
-    parsed = [a for a in (naming.parse(n, prefix) for n in available) if a is not None]
-    points = sorted(chains.restore_points(parsed), key=lambda p: p.archive, reverse=True)
+    points = chains.points_of(available, prefix)[::-1]  # newest first
     target = tuple([p for p in points if p.complete][:keep])
     cutoff = target[-1].archive if target and len(target) >= keep else None
     broken = tuple(p for p in chains.broken(points) if cutoff is None or p.archive > cutoff)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +64,7 @@ class Run:
 
     def restorable(self) -> list[RestorePoint]:
         """The restore points the stick can restore completely now, oldest first."""
-        return complete_points(f.name for f in self.holds() or ())
+        return [p for p in chains.points_of(f.name for f in self.holds() or ()) if p.complete]
 
     def details(self) -> SyncDetails:
         """What the run did so far, as the outcome's details (`.to_json()` to store them)."""
@@ -94,12 +93,6 @@ class Run:
             uncopied=tuple(_point_details(p) for p in self.uncopied),
             duration=round(time.monotonic() - self.started, 3),
         )
-
-
-def complete_points(names: Iterable[str]) -> list[RestorePoint]:
-    """The complete restore points among archive `names`, oldest first."""
-    parsed = [a for a in (naming.parse(n) for n in names) if a is not None]
-    return [p for p in chains.restore_points(parsed) if p.complete]
 
 
 def _point_details(point: RestorePoint) -> PointDetails:
