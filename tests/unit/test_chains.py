@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
+from tests.unit.chain_names import T0, full, inc, week
 from usbagent import chains, naming
-from usbagent.naming import ArchiveName
-
-T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
-
-
-def full(day: int) -> ArchiveName:
-    return naming.make("h", T0 + timedelta(days=day))
-
-
-def inc(day: int, level: int, of: int) -> ArchiveName:
-    return naming.make("h", T0 + timedelta(days=day), level=level, full=T0 + timedelta(days=of))
-
-
-def week(start: int, nights: int) -> list[ArchiveName]:
-    return [full(start), *(inc(start + n, n, start) for n in range(1, nights))]
 
 
 def test_a_restore_point_needs_its_full_and_every_level_below_it_in_order() -> None:
