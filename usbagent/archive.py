@@ -38,6 +38,7 @@ from types import FrameType
 from typing import Any
 
 from usbagent import (
+    health,
     journal,
     levels,
     naming,
@@ -135,18 +136,9 @@ def _free_name(destination: Path, prefix: str, level: levels.Level) -> naming.Ar
         time.sleep(1.0 - now.microsecond / 1e6)  # until the next second starts
 
 
-def _intact(destination: Path, name: naming.ArchiveName, record: state.ArchiveRecord) -> bool:
-    """The archive still has its recorded size, and its sidecar the recorded digest."""
-    try:
-        size = (destination / name.filename).stat().st_size
-        sidecar = (destination / name.sidecar).read_text(errors="replace")
-    except OSError:
-        return False
-    return size == record.size and naming.sidecar_digest(sidecar, name.filename) == record.sha256
-
-
 def _present(config: Config, selected: str) -> list[levels.Present]:
-    """The facts `levels.decide` needs about each archive of ours in the destination."""
+    """The facts `levels.decide` needs about each archive of ours in the destination; a
+    member is intact by the same judgement `status` makes (`health.archive_problem`)."""
     destination, state_dir = config.archive.destination, config.agent.state_dir
     try:
         known = state.archives(state_dir, state.events(state_dir))
@@ -154,14 +146,12 @@ def _present(config: Config, selected: str) -> list[levels.Present]:
         log.warning("cannot read the record in %s (%s): making a full archive", state_dir, exc)
         known = {}
     out = []
-    for entry in os.scandir(destination):
-        name = naming.parse(entry.name, config.archive_prefix)
-        if name is None:
+    for f in health.archive_files(destination, config.archive_prefix, known):
+        if f.parsed is None:  # archive_files found it by this very name
             continue
-        record = known.get(name.filename)
-        intact = record is not None and _intact(destination, name, record)
-        snapshot = snapshots.state(state_dir, name.filename, selected) if intact else "missing"
-        out.append(levels.Present(name, record is not None, intact, snapshot))
+        intact = health.archive_problem(f) is None
+        snapshot = snapshots.state(state_dir, f.name, selected) if intact else "missing"
+        out.append(levels.Present(f.parsed, f.record is not None, intact, snapshot))
     return out
 
 
