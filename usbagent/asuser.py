@@ -33,6 +33,21 @@ NOTIFICATIONS_PATH = "/org/freedesktop/Notifications"
 RUNTIME_ROOT_ENV = "USBAGENT_RUNTIME_ROOT"
 DEFAULT_RUNTIME_ROOT = Path("/run/user")
 DEFAULT_WAIT_SECONDS = 5.0
+# The bus's answers for a Notify that reached no notification server: worth sending again.
+NOT_REACHED = frozenset(
+    {
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+        "org.freedesktop.DBus.Error.Spawn.ChildExited",
+        "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
+        "org.freedesktop.DBus.Error.Spawn.ExecFailed",
+        "org.freedesktop.DBus.Error.Spawn.Failed",
+        "org.freedesktop.DBus.Error.Spawn.FailedToSetup",
+        "org.freedesktop.DBus.Error.Spawn.NoMemory",
+        "org.freedesktop.DBus.Error.TimedOut",
+    }
+)
+NO_REPLY = "org.freedesktop.DBus.Error.NoReply"
 
 
 def user_bus_address(uid: int) -> str:
@@ -72,6 +87,11 @@ async def show(address: str, note: Note, wait: float) -> int:
     Right after a login the desktop's notification server may not run yet, and D-Bus
     activation of one may fail until the session has exported $DISPLAY: retry until `wait`
     seconds have passed, then give up with the last error.
+
+    Only a call that reached no server is sent again. The bus answers NoReply when the
+    server took the call but did not answer within the bus's reply timeout (a desktop slow
+    under load): it has the notification and shows it, and a second call would show it
+    twice. That counts as shown, with id 0.
     """
     deadline = time.monotonic() + wait
     bus = await _connect_when_ready(address, deadline)
@@ -81,8 +101,10 @@ async def show(address: str, note: Note, wait: float) -> int:
                 reply = await dbuscall.call(bus, _notify_message(note))
                 (nid,) = reply.body
                 return int(nid)
-            except OSError:
-                if time.monotonic() > deadline:
+            except dbuscall.CallFailed as exc:
+                if exc.error_name == NO_REPLY:
+                    return 0
+                if exc.error_name not in NOT_REACHED or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.5)
     finally:

@@ -15,7 +15,16 @@ from dbus_next.message import Message
 
 
 class CallFailed(OSError):
-    """A D-Bus method call returned an error, no reply, or none in time."""
+    """A D-Bus method call returned an error, no reply, or none in time.
+
+    `error_name` is the D-Bus error's name when the bus or the callee answered with one
+    ("org.freedesktop.DBus.Error.ServiceUnknown"): it tells a call that never reached
+    anybody from one a server received, which a caller must not simply send again.
+    """
+
+    def __init__(self, message: str, error_name: str | None = None) -> None:
+        super().__init__(message)
+        self.error_name = error_name
 
 
 async def call(bus: MessageBus, msg: Message, within: float | None = None) -> Message:
@@ -29,7 +38,9 @@ async def call(bus: MessageBus, msg: Message, within: float | None = None) -> Me
         raise CallFailed(f"{msg.member} on {msg.path} failed: no reply")
     if reply.message_type == MessageType.ERROR:
         detail = reply.body[0] if reply.body else ""
-        raise CallFailed(f"{msg.member} on {msg.path} failed: {reply.error_name}: {detail}")
+        raise CallFailed(
+            f"{msg.member} on {msg.path} failed: {reply.error_name}: {detail}", reply.error_name
+        )
     return reply
 
 

@@ -6,7 +6,7 @@ so the code under test cannot tell them from the real services.
 No `from __future__ import annotations` here: dbus-next reads D-Bus signatures from the
 annotations, and postponed evaluation would turn `-> "s"` into the string "'s'".
 
-Run as a script (`python dbus_doubles.py notifyd USER`, started as root) it is the
+Run as a script (`python dbus_doubles.py notifyd USER [DELAY]`, started as root) it is the
 notification server: it drops to USER (after its imports: the interpreter may live where
 only root can read), owns org.freedesktop.Notifications on $DBUS_SESSION_BUS_ADDRESS and
 prints one JSON line per call, including the uid the bus daemon vouches for, so a test can
@@ -47,6 +47,7 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC
   <type>system</type>
   <listen>unix:path={socket}</listen>
   <auth>EXTERNAL</auth>
+  {limits}
   <policy context="default">
     <allow user="*"/>
     <allow own="*"/>
@@ -58,12 +59,16 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC
 
 
 @contextlib.contextmanager
-def private_system_bus(socket_path: Path | None = None) -> Iterator[str]:
+def private_system_bus(
+    socket_path: Path | None = None, reply_timeout_ms: int | None = None
+) -> Iterator[str]:
     """A dbus-daemon of our own (own config and socket), so tests never touch the names on
-    the machine's system bus; yields its address, stops it at exit."""
+    the machine's system bus; yields its address, stops it at exit. `reply_timeout_ms`:
+    how long the daemon waits for a method's reply before it answers NoReply itself."""
     folder = Path(tempfile.mkdtemp(prefix="ua-sysbus-"))
     socket_path = socket_path or folder / "system_bus_socket"
-    (folder / "bus.conf").write_text(BUS_CONFIG.format(socket=socket_path))
+    limits = f'<limit name="reply_timeout">{reply_timeout_ms}</limit>' if reply_timeout_ms else ""
+    (folder / "bus.conf").write_text(BUS_CONFIG.format(socket=socket_path, limits=limits))
     out = subprocess.run(
         ["dbus-daemon", f"--config-file={folder / 'bus.conf'}", "--fork", "--print-pid"],
         check=True, capture_output=True, text=True, timeout=10,
@@ -170,9 +175,10 @@ async def start_logind(address: str) -> tuple[MessageBus, LogindManager]:
 class Notifications(ServiceInterface):
     """org.freedesktop.Notifications (Desktop Notifications Specification 1.2)."""
 
-    def __init__(self, bus: MessageBus) -> None:
+    def __init__(self, bus: MessageBus, delay: float = 0.0) -> None:
         super().__init__("org.freedesktop.Notifications")
         self.bus = bus
+        self.delay = delay  # seconds between showing a notification and answering the call
         self.next_id = 1
         self.sender = ""
 
@@ -211,6 +217,7 @@ class Notifications(ServiceInterface):
             "summary": summary, "body": body, "expire_timeout": expire_timeout,
             "hints": {k: v.value for k, v in hints.items()},
         })  # fmt: skip
+        await asyncio.sleep(self.delay)  # a desktop slow to answer under load
         return nid
 
     @method()
@@ -238,9 +245,9 @@ def emit(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
 
 
-async def serve_notifications() -> None:
+async def serve_notifications(delay: float) -> None:
     bus = await MessageBus().connect()  # $DBUS_SESSION_BUS_ADDRESS
-    server = Notifications(bus)
+    server = Notifications(bus, delay)
     bus.add_message_handler(server.observe)
     bus.export("/org/freedesktop/Notifications", server)
     await bus.request_name("org.freedesktop.Notifications")
@@ -257,4 +264,4 @@ def become(user: str) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["notifyd"]:
     become(sys.argv[2])
-    asyncio.run(serve_notifications())
+    asyncio.run(serve_notifications(float(sys.argv[3]) if sys.argv[3:] else 0.0))
