@@ -8,7 +8,9 @@ but regular files) is refused outright, with the offending name in the reason.
 
 A final name on the stick only ever denotes verified content: each copy is written as
 `<name>.partial`, fsynced, read back from the device (page cache dropped with
-POSIX_FADV_DONTNEED) and hashed, and only then renamed; its sidecar follows the same way.
+POSIX_FADV_DONTNEED) and hashed, and only then renamed, the renamed file fsynced again (on FAT
+a rename alone leaves an empty entry under the final name) and the folder fsynced; its
+sidecar follows the same way.
 
 pyfilesystem2 is deliberately not used here: its OSFS works on path strings and follows
 symlinks (os.stat, os.scandir(path)), so it cannot give these guarantees.
@@ -222,11 +224,10 @@ class StickFolder:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(partial, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            self._rename_durably(partial, name)
         except BaseException:
             self._unlink_quietly(partial)
             raise
-        os.fsync(self.fd)
 
     def copy_in(
         self,
@@ -261,7 +262,7 @@ class StickFolder:
                         f"{archive.name}: the copy read back from the stick has sha256 "
                         f"{digest}, expected {archive.sha256}"
                     )
-                os.rename(partial, archive.name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+                self._rename_durably(partial, archive.name)
             except BaseException:
                 self._unlink_quietly(partial)
                 raise
@@ -269,6 +270,27 @@ class StickFolder:
             self.write_small(archive.name + naming.SIDECAR, sidecar_line(archive))
         except BaseException:
             self._unlink_quietly(archive.name)
+            raise
+
+    def _rename_durably(self, partial: str, name: str) -> None:
+        """Rename a verified `partial` to its final `name` and make that durable.
+
+        On FAT a rename writes the new directory entry with no clusters and size 0; the real
+        entry is written with the file's inode, later. A stick pulled or a power cut before
+        then left an empty file under the final name (seen on the vm tier's FAT32 sticks).
+        So the renamed file is fsynced, which writes its entry, and then the folder. If
+        that fails, the final name is removed: it is not known to hold the content.
+        """
+        os.rename(partial, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        try:
+            fd = os.open(name, _OPEN_READ, dir_fd=self.fd)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.fsync(self.fd)
+        except BaseException:
+            self._unlink_quietly(name)
             raise
 
     def _explain_enospc(self, exc: OSError) -> Exception:
