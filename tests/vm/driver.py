@@ -9,7 +9,9 @@ written. Channels:
   line per command, answered with its exit status and output.
 - ttyS0 (the kernel and systemd console) goes to a log file kept for failures.
 
-A power cut is QEMU killed without a shutdown; `boot()` again starts the same overlay.
+A power cut is QEMU killed without a shutdown; `boot()` again starts the same overlay. The
+overlay honours the guest's flushes (cache=writeback): with cache=unsafe QEMU keeps qcow2's
+own mapping tables in its memory, and a kill would lose writes the guest had flushed.
 Waiting is always on a condition with a deadline, never a fixed sleep.
 """
 
@@ -28,6 +30,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,25 @@ def spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with(os.getpid())
     )
+
+
+@dataclass(frozen=True)
+class UsbStick:
+    """A USB mass-storage stick backed by an image file; `name` is its QEMU device id."""
+
+    name: str
+    image: Path
+    serial: str
+
+    def qemu_args(self) -> list[str]:
+        """The command-line form of `Vm.plug_usb`: the same node and device names."""
+        node = f"n-{self.name}"
+        return [
+            "-blockdev", f"driver=raw,node-name={node},file.driver=file,"
+            f"file.filename={self.image}",
+            "-device", f"usb-storage,bus=xhci.0,drive={node},id={self.name},"
+            f"serial={self.serial},removable=on",
+        ]  # fmt: skip
 
 
 class VmError(Exception):
@@ -146,6 +168,7 @@ class Vm:
         self._ids = itertools.count(1)
         self._replies: dict[int, dict[str, Any]] = {}
         self.boots = 0
+        self.clock: datetime | None = None  # the hardware clock the last boot began with
         subprocess.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
              "-b", str(image.root), str(self.overlay)],
@@ -160,11 +183,18 @@ class Vm:
     def console_log(self) -> Path:
         return self.workdir / f"console-{self.boots}.log"
 
-    def boot(self, extra: list[str] | None = None) -> None:
-        """Start QEMU on the overlay and wait until vm-agent answers."""
+    def boot(self, sticks: tuple[UsbStick, ...] = (), clock: datetime | None = None) -> None:
+        """Start QEMU on the overlay, with `sticks` plugged in from power-on, and wait until
+        vm-agent answers. A stick plugged at boot is pulled like a hot-plugged one.
+
+        `clock`: what the guest's hardware clock says at power-on (default: the host's
+        time). A later one is a machine that was off that long (the guest has no network
+        time to correct it).
+        """
         if self.proc is not None:
             raise VmError("boot(): the machine is already running")
         self.boots += 1
+        self.clock = clock
         qmp_path, agent_path = self.workdir / "qmp.sock", self.workdir / "agent.sock"
         for p in (qmp_path, agent_path):
             p.unlink(missing_ok=True)
@@ -173,7 +203,7 @@ class Vm:
             "-accel", "tcg,thread=multi", "-cpu", "max", "-m", str(MEMORY_MB), "-smp", "2",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", APPEND + os.environ.get("USBAGENT_VM_APPEND", ""),
-            "-drive", f"file={self.overlay},format=qcow2,if=virtio,cache=unsafe",
+            "-drive", f"file={self.overlay},format=qcow2,if=virtio,cache=writeback",
             "-drive", f"file={self.payload},format=raw,if=virtio,readonly=on",
             "-device", "qemu-xhci,id=xhci",
             "-device", "virtio-serial-pci,id=vser",
@@ -182,7 +212,8 @@ class Vm:
             "-qmp", f"unix:{qmp_path},server=on,wait=off",
             "-serial", f"file:{self.console_log}",
             "-no-reboot",
-            *(extra or []),
+            *(["-rtc", f"base={clock.astimezone(UTC):%Y-%m-%dT%H:%M:%S}"] if clock else []),
+            *(arg for stick in sticks for arg in stick.qemu_args()),
         ]  # fmt: skip
         self.proc = spawn(cmd)
         wait_for(lambda: qmp_path.exists() and agent_path.exists(), 30, "QEMU's sockets")

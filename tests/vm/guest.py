@@ -13,10 +13,11 @@ import re
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.vm.driver import Result, Vm, VmError
+from tests.vm.driver import Result, Vm, VmError, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = "/opt/usbagent"
@@ -127,6 +128,36 @@ class Guest:
             f"a {kind} outcome",
         )
         return next(e for e in self.events()[after:] if e["kind"] == kind)
+
+    def wait_event_where(
+        self,
+        what: str,
+        pred: Callable[[dict[str, Any]], bool],
+        after: int = 0,
+        timeout: float = 300,
+    ) -> dict[str, Any]:
+        """The first outcome `pred` accepts past the first `after` events. Polled from here:
+        after a power cut no count holds (the cut may take the file's last lines with it)."""
+        found = wait_for(
+            lambda: next((e for e in self.events()[after:] if pred(e)), None),
+            timeout,
+            what,
+            every=1.0,
+        )
+        return dict(found)
+
+    def wait_copying(self, sticks: int, mib: int, timeout: float = 300) -> None:
+        """Wait until `sticks` sticks each hold a `.partial` copy of at least `mib` MiB: a
+        copy is under way, its final name not there yet."""
+        count = f"find /media -path '*/usbagent/*.partial' -size +{mib}M 2>/dev/null | wc -l"
+        self.vm.wait_guest(
+            f'[ "$({count})" -ge {sticks} ]', timeout, f"copies under way to {sticks} stick(s)"
+        )
+
+    def digests(self) -> dict[str, str]:
+        """name -> sha256 of each archive in the destination, from their sidecars."""
+        out = self.ok(f"cat {DESTINATION}/*.sha256")
+        return {name: digest for digest, name in (line.split() for line in out.splitlines())}
 
     def unit(self, unit: str, *props: str) -> dict[str, str]:
         out = self.ok(f"systemctl show {shlex.quote(unit)} -p {','.join(props)}")

@@ -3,8 +3,9 @@
 A stick is a sparse file with a GPT (parted on the file) and one partition starting at
 1 MiB, formatted in place: `mkfs.ext4 -E offset=`, `mkfs.vfat --offset`. exFAT has no
 offset option in exfatprogs, so that one is formatted through a loop device that is always
-detached again. Reading back: mtools (`IMG@@OFFSET`) for FAT; a read-only loop mount for
-ext4 and exFAT (the host kernel has no exFAT: those copies are checked by the guest).
+detached again. Reading back: mtools (`IMG@@OFFSET`) for FAT; for ext4 a loop mount of a
+scratch copy, where its journal is replayed (the host kernel has no exFAT: those copies are
+checked by the guest).
 """
 
 from __future__ import annotations
@@ -87,43 +88,59 @@ def fat_dirty(stick: StickImage) -> bool:
         return bool(f.read(1)[0] & 0x01)
 
 
-def ext4_files(stick: StickImage, folder: str = "usbagent") -> dict[str, bytes]:
-    """Every file in `folder` on an ext4 stick image, via a read-only loop mount."""
+@contextlib.contextmanager
+def _ext4_mounted(stick: StickImage) -> Iterator[Path]:
+    """The stick's ext4 filesystem as the next mount would see it, read-only.
+
+    A stick pulled or powered off mid-write has a journal to replay: `noload` would show
+    the filesystem without it (stale, possibly inconsistent), and replaying on the image
+    itself would change the evidence. So the journal is replayed on a sparse scratch copy.
+    """
     size = stick.path.stat().st_size - 2 * OFFSET
-    with _loop(stick.path, size, read_only=True) as dev, tempfile.TemporaryDirectory() as mnt:
-        _run("mount", "-t", "ext4", "-o", "ro,noload", dev, mnt)
-        try:
-            base = Path(mnt) / folder
-            return {p.name: p.read_bytes() for p in sorted(base.iterdir()) if p.is_file()}
-        finally:
-            _run("umount", mnt)
+    with tempfile.TemporaryDirectory(dir=stick.path.parent) as scratch:
+        copy = Path(scratch) / "stick.img"
+        _run("cp", "--sparse=always", str(stick.path), str(copy))
+        mnt = Path(scratch) / "mnt"
+        mnt.mkdir()
+        with _loop(copy, size) as dev:
+            _run("mount", "-t", "ext4", "-o", "ro", dev, str(mnt))
+            try:
+                yield mnt
+            finally:
+                _run("umount", str(mnt))
+
+
+def ext4_files(stick: StickImage, folder: str = "usbagent") -> dict[str, bytes]:
+    """Every file in `folder` on an ext4 stick image."""
+    with _ext4_mounted(stick) as mnt:
+        base = mnt / folder
+        return {p.name: p.read_bytes() for p in sorted(base.iterdir()) if p.is_file()}
 
 
 def ext4_root(stick: StickImage) -> list[str]:
     """The names in the root folder of an ext4 stick image."""
-    size = stick.path.stat().st_size - 2 * OFFSET
-    with _loop(stick.path, size, read_only=True) as dev, tempfile.TemporaryDirectory() as mnt:
-        _run("mount", "-t", "ext4", "-o", "ro,noload", dev, mnt)
-        try:
-            return sorted(p.name for p in Path(mnt).iterdir())
-        finally:
-            _run("umount", mnt)
+    with _ext4_mounted(stick) as mnt:
+        return sorted(p.name for p in mnt.iterdir())
 
 
 def files(stick: StickImage) -> dict[str, bytes]:
     return fat_files(stick) if stick.fs == "vfat" else ext4_files(stick)
 
 
-def sidecar_failures(found: dict[str, bytes]) -> list[str]:
-    """Final-named archives whose bytes do not match their `.sha256` sidecar (or have none)."""
+def bad_copies(found: dict[str, bytes], want: dict[str, str]) -> list[str]:
+    """The final-named files on a stick that a person could not restore from: an archive
+    whose bytes are not the host's archive of that name (`want`: name -> sha256), or a
+    sidecar naming another digest. `.partial` files are not final names and are skipped."""
     bad = []
     for name, data in found.items():
-        if not name.endswith(".age"):
+        if name.endswith(".age"):
+            good = hashlib.sha256(data).hexdigest() == want.get(name)
+        elif name.endswith(".age.sha256"):
+            good = data.decode(errors="replace").split()[:1] == [
+                want.get(name.removesuffix(".sha256"))
+            ]
+        else:
             continue
-        sidecar = found.get(name + ".sha256")
-        if sidecar is None:
-            continue  # the archive landed, the sidecar not yet: the next sync writes it
-        want = sidecar.decode().split()[0]
-        if hashlib.sha256(data).hexdigest() != want:
+        if not good:
             bad.append(name)
     return bad
