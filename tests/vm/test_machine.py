@@ -423,7 +423,8 @@ def test_6_a_stick_pulled_mid_copy_is_reported_removed_and_served_when_plugged_a
         machine.wait_notified("not removed safely last time", 120)
         assert not sticks.fat_dirty(stick)
     found = sticks.files(stick)
-    assert sticks.bad_copies(found, want) == []
+    # The night case 7's boot missed may have run meanwhile: judge against what is there now.
+    assert sticks.bad_copies(found, machine.digests()) == []
     assert set(want) <= set(found) and not [f for f in found if f.endswith(".partial")]
     assert machine.unit(AGENT, "MainPID", "NRestarts") == agent
 
