@@ -122,12 +122,9 @@ class Guest:
 
     def wait_event(self, kind: str, after: int, timeout: float = 180) -> dict[str, Any]:
         """The first outcome of `kind` recorded after the first `after` events."""
-        self.vm.wait_guest(
-            f'tail -n +{after + 1} {STATE}/events.jsonl | grep -q \'"kind": "{kind}"\'',
-            timeout,
-            f"a {kind} outcome",
+        return self.wait_event_where(
+            f"a {kind} outcome", lambda e: e["kind"] == kind, after, timeout
         )
-        return next(e for e in self.events()[after:] if e["kind"] == kind)
 
     def wait_event_where(
         self,
@@ -136,8 +133,9 @@ class Guest:
         after: int = 0,
         timeout: float = 300,
     ) -> dict[str, Any]:
-        """The first outcome `pred` accepts past the first `after` events. Polled from here:
-        after a power cut no count holds (the cut may take the file's last lines with it)."""
+        """The first outcome `pred` accepts past the first `after` events, polled each second.
+        After a power cut no count holds (the cut may take the file's last lines with it):
+        pass after=0 and let `pred` tell the new outcomes by their time."""
         found = wait_for(
             lambda: next((e for e in self.events()[after:] if pred(e)), None),
             timeout,
