@@ -221,6 +221,7 @@ def test_5_a_labelled_disk_that_is_not_on_usb_is_refused_recorded_and_notified(
 ) -> None:
     disk = sticks.make(tmp_path_factory.mktemp("disk") / "virtio.img", "ext4", 64,
                        "sovereign-backup")  # fmt: skip
+    machine.login()
     machine.clear_notifications()
     n = len(machine.events())
     machine.vm.plug_disk("disk-virtio", disk.path, serial="UAVIRTIO")
